@@ -1,0 +1,171 @@
+"""Run, check and publish the course notebooks.
+
+    python -m course_lib.notebooks list              the series and which notebooks exist
+    python -m course_lib.notebooks run [NAME ...]    execute and store outputs (all when no NAME)
+    python -m course_lib.notebooks check [NAME ...]  stored outputs: no errors, all run, in order
+    python -m course_lib.notebooks student [--out DIR] [NAME ...]   write the student edition
+
+``run`` executes a notebook the way the test suite's nbval does: a kernel from this
+Python environment, started in the notebook's folder, with ``COURSE_DEVICE=cpu`` (so the
+stored outputs are the ones CI reproduces) and a fixed hash seed. NAME is a number
+(``3``), a prefix (``03``), a slug or a file name.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from course_lib.course import NOTEBOOK_DIR, NOTEBOOKS, get_notebook
+
+#: Environment every notebook kernel gets, here and in the test suite (see conftest.py).
+KERNEL_ENV = {"COURSE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
+
+
+def resolve(names: list[str] | None, directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    """Paths of the named notebooks, or of every notebook present when ``names`` is empty."""
+    if not names:
+        return sorted(directory.glob("[0-9][0-9]_*.ipynb"))
+    paths = []
+    for name in names:
+        candidate = Path(name)
+        if candidate.suffix == ".ipynb" and candidate.exists():
+            paths.append(candidate)
+            continue
+        path = directory / get_notebook(name).filename
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is on the course map but has not been written yet")
+        paths.append(path)
+    return paths
+
+
+def problems(nb: nbformat.NotebookNode) -> list[str]:
+    """What is wrong with a stored notebook: error outputs, unexecuted cells, counts out of order."""
+    found = []
+    counts = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        if cell.execution_count is None:
+            found.append(f"code cell {i} was never executed")
+        else:
+            counts.append(cell.execution_count)
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                found.append(f"code cell {i} stores an error: {output.ename}: {output.evalue[:100]}")
+    if counts != list(range(1, len(counts) + 1)):
+        found.append(f"execution counts are not 1, 2, ..., {len(counts)} in order: {counts[:10]}")
+    return found
+
+
+def _current_env_kernel_manager():
+    """A kernel manager that starts ipykernel with this very Python, as nbval --nbval-current-env does."""
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    class CurrentEnvSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                              display_name="Python 3 (course)", language="python")
+
+    return KernelManager(kernel_name="python3", kernel_spec_manager=CurrentEnvSpecs())
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 900,
+            allow_errors: bool = False) -> nbformat.NotebookNode:
+    """Execute ``nb`` in place, in a fresh kernel started in ``cwd``, and return it."""
+    from nbclient import NotebookClient
+
+    saved = {key: os.environ.get(key) for key in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
+    try:
+        client = NotebookClient(nb, km=_current_env_kernel_manager(), timeout=timeout,
+                                allow_errors=allow_errors, record_timing=False,
+                                store_widget_state=True, resources={"metadata": {"path": str(cwd)}})
+        client.execute()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return nb
+
+
+def write_atomically(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Write a notebook through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            nbformat.write(nb, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run_notebook(path: Path, timeout: int = 900) -> list[str]:
+    """Execute one notebook from a clean kernel and store its outputs; returns its problems."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    execute(nb, Path(path).parent, timeout=timeout)
+    write_atomically(nb, path)
+    return problems(nb)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.notebooks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the series and which notebooks exist")
+    run_p = sub.add_parser("run", help="execute notebooks and store their outputs")
+    run_p.add_argument("names", nargs="*")
+    run_p.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    check_p = sub.add_parser("check", help="check the stored outputs")
+    check_p.add_argument("names", nargs="*")
+    student_p = sub.add_parser("student", help="write the student edition")
+    student_p.add_argument("names", nargs="*")
+    student_p.add_argument("--out", type=Path, default=NOTEBOOK_DIR.parent / "student")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for nb in NOTEBOOKS:
+            state = "" if nb.available else "   (not written yet)"
+            print(f"{nb.filename:<36} {nb.title}{state}")
+        return 0
+    paths = resolve(args.names)
+    if args.command == "student":
+        from course_lib.student import write_student_edition
+
+        for path in write_student_edition(paths, args.out):
+            print(f"wrote {path}")
+        return 0
+    status = 0
+    for path in paths:
+        if args.command == "run":
+            import time
+
+            start = time.perf_counter()
+            print(f"running {path.name} ...", flush=True)
+            found = run_notebook(path, timeout=args.timeout)
+            print(f"  stored outputs in {time.perf_counter() - start:.1f} s")
+        else:
+            found = problems(nbformat.read(path, as_version=4))
+        for message in found:
+            print(f"{path.name}: {message}")
+        status |= bool(found)
+    if args.command == "check" and not status:
+        print(f"{len(paths)} notebook(s) stored cleanly: every code cell executed, in order, without errors")
+    return int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The course's plotting style and the figures that several notebooks share."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+# Okabe–Ito colours: distinguishable with the common forms of colour blindness.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+STYLE = {
+    "figure.figsize": (6.4, 4.0),
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "image.cmap": "viridis",
+    "legend.frameon": False,
+}
+
+
+def apply_style() -> None:
+    """Set matplotlib's defaults to the course style (called by ``course_lib.setup``)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+def figure_to_png(fig, dpi: int = 100) -> bytes:
+    """Render a matplotlib figure to PNG bytes (used by the widget explorers)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+_PART_COLOURS = dict(zip(("Foundations", "Attention", "The architecture", "Translation"), PALETTE))
+_MAP_STEP, _MAP_ROW, _MAP_W, _MAP_H = 4.2, 2.9, 3.9, 1.45
+
+
+def course_map_layout() -> dict[int, tuple[float, float]]:
+    """Box centres for the course map: a snake of two rows, 00-06 left to right, 07-13 back."""
+    from course_lib.course import NOTEBOOKS
+
+    per_row = (len(NOTEBOOKS) + 1) // 2
+    positions = {}
+    for nb in NOTEBOOKS:
+        row, col = divmod(nb.number, per_row)
+        if row % 2:
+            col = per_row - 1 - col
+        positions[nb.number] = (col * _MAP_STEP, -row * _MAP_ROW)
+    return positions
+
+
+def _map_edge(start: tuple[float, float], end: tuple[float, float]):
+    """End points and curvature of one prerequisite arrow on the course map."""
+    (x0, y0), (x1, y1) = start, end
+    w, h = _MAP_W / 2, _MAP_H / 2
+    if abs(y0 - y1) > 1e-9:  # to the row below: bottom edge to top edge
+        return (x0, y0 - h), (x1, y1 + h), 0.0
+    if abs(abs(x1 - x0) - _MAP_STEP) < 1e-9:  # neighbours: side to side
+        sign = 1 if x1 > x0 else -1
+        return (x0 + sign * w, y0), (x1 - sign * w, y1), 0.0
+    # skips a box in the same row: an arc over the top row, under the bottom row
+    top_row = y0 == 0
+    y_edge = h if top_row else -h
+    rad = -0.35 if (x1 > x0) == top_row else 0.35
+    return (x0, y0 + y_edge), (x1, y1 + y_edge), rad
+
+
+def plot_course_map(ax=None):
+    """Draw the series as a graph: a box per notebook, an arrow from each prerequisite.
+
+    Boxes are coloured by part of the course. Returns the matplotlib Axes.
+    """
+    import textwrap
+
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch, Patch
+
+    from course_lib.course import NOTEBOOKS
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(15, 5.8))
+    pos = course_map_layout()
+    w, h = _MAP_W, _MAP_H
+    for nb in NOTEBOOKS:
+        x, y = pos[nb.number]
+        colour = _PART_COLOURS[nb.part]
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.15",
+                                    facecolor=colour, alpha=0.15, edgecolor="none"))
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.15",
+                                    facecolor="none", edgecolor=colour, linewidth=1.6))
+        ax.text(x, y + 0.57, f"{nb.number:02d}", ha="center", va="center", fontsize=9, color=colour,
+                fontweight="bold")
+        ax.text(x, y + 0.05, textwrap.fill(nb.title, 18), ha="center", va="center", fontsize=9, fontweight="bold")
+        ax.text(x, y - 0.52, nb.concept, ha="center", va="center", fontsize=7.5, color="#333333")
+    for nb in NOTEBOOKS:
+        for need in nb.needs:
+            start, end, rad = _map_edge(pos[need], pos[nb.number])
+            ax.annotate("", xy=end, xytext=start,
+                        arrowprops=dict(arrowstyle="-|>", color="#444444", lw=1.2, shrinkA=1, shrinkB=1,
+                                        connectionstyle=f"arc3,rad={rad}"))
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - w / 2 - 0.2, max(xs) + w / 2 + 0.2)
+    ax.set_ylim(min(ys) - h / 2 - 1.0, max(ys) + h / 2 + 1.0)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.legend(handles=[Patch(facecolor=c, alpha=0.4, edgecolor=c, label=p) for p, c in _PART_COLOURS.items()],
+              loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.2), fontsize=10)
+    ax.set_title("The course map: an arrow A → B means read A before B", fontsize=12)
+    return ax
+
+
+def plot_heads_split(B: int, T: int, d_model: int, h: int, ax=None):
+    """Picture a batch x of shape (B, T, d_model) and how h heads share its d_model columns.
+
+    Each sequence of the batch is a T × d_model grid (one row per position); the columns
+    are coloured by the head that receives them: head i gets columns i*d_k ... (i+1)*d_k - 1,
+    with d_k = d_model // h. Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    for name, value in (("B", B), ("T", T), ("d_model", d_model), ("h", h)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    divisible = d_model % h == 0
+    d_k = d_model // h if divisible else None
+    grid = np.full((T, B * (d_model + 1) - 1), np.nan)
+    for b in range(B):
+        start = b * (d_model + 1)
+        columns = np.arange(d_model)
+        grid[:, start:start + d_model] = (columns // d_k) % len(PALETTE) if divisible else 0
+    cmap = ListedColormap(PALETTE if divisible else ["#bbbbbb"]).with_extremes(bad="white")
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=max(len(cmap.colors) - 1, 1), aspect="equal",
+              interpolation="nearest")
+    ax.set_xticks(np.arange(-0.5, grid.shape[1], 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, T, 1), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.2)
+    ax.grid(which="major", visible=False)
+    ax.tick_params(which="both", length=0)
+    ax.set_xticks([b * (d_model + 1) + (d_model - 1) / 2 for b in range(B)])
+    ax.set_xticklabels([f"sequence {b}" for b in range(B)])
+    ax.set_yticks(range(T))
+    ax.set_yticklabels([f"t={t}" for t in range(T)], fontsize=8)
+    for side in ("left", "bottom"):
+        ax.spines[side].set_visible(False)
+    if divisible:
+        ax.set_title(f"x: (B={B}, T={T}, d_model={d_model});  h={h} heads, d_k = d_model/h = {d_k}\n"
+                     f"split into heads: (B, h, T, d_k) = ({B}, {h}, {T}, {d_k}), one colour per head")
+    else:
+        ax.set_title(f"x: (B={B}, T={T}, d_model={d_model});  h={h} does not divide d_model={d_model}:\n"
+                     "no equal split into heads (pick h that divides d_model)", color="#D55E00")
+    return ax

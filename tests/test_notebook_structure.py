@@ -1,0 +1,76 @@
+"""Every stored notebook: executed cleanly, and built to the course's quality bar."""
+import re
+
+import nbformat
+import pytest
+
+from course_lib.course import NOTEBOOK_DIR, get_notebook
+from course_lib.notebooks import problems
+from course_lib.student import count_solutions
+
+PATHS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def _load(path):
+    return nbformat.read(path, as_version=4)
+
+
+@pytest.fixture(params=PATHS, ids=lambda p: p.name)
+def notebook(request):
+    return request.param, _load(request.param)
+
+
+def test_there_are_notebooks():
+    assert PATHS
+
+
+def test_stored_outputs_are_clean(notebook):
+    path, nb = notebook
+    assert problems(nb) == [], f"{path.name}: run `python -m course_lib.notebooks run {path.stem[:2]}`"
+    assert any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "no stored outputs"
+
+
+def test_opens_with_title_goals_prerequisites_and_time(notebook):
+    path, nb = notebook
+    entry = get_notebook(path.name)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown"
+    assert first.source.startswith(f"# {entry.number:02d} · {entry.title}\n"), first.source.splitlines()[0]
+    for phrase in ("you will be able to", "**Prerequisites:**", "**Time:**"):
+        assert phrase in first.source, f"{path.name}: the opening cell lacks {phrase!r}"
+
+
+def test_first_code_cell_calls_setup(notebook):
+    _, nb = notebook
+    first_code = next(cell for cell in nb.cells if cell.cell_type == "code")
+    assert re.search(r"^device = setup\(", first_code.source, re.M), first_code.source
+
+
+def test_ends_with_summary_and_next_step(notebook):
+    _, nb = notebook
+    last = nb.cells[-1]
+    assert last.cell_type == "markdown" and "## Summary" in last.source and "**Next:**" in last.source
+
+
+def test_ignored_outputs_say_why(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(nb.cells):
+        for line in cell.source.splitlines():
+            if "NBVAL_" in line:
+                assert re.fullmatch(r"# NBVAL_(IGNORE_OUTPUT|RAISES_EXCEPTION): \S.{10,}", line.strip()), (
+                    f"{path.name} cell {i}: an nbval marker needs a comment saying why: {line!r}")
+                assert "NBVAL_SKIP" not in line and "NBVAL_CHECK_OUTPUT" not in line
+
+
+def test_concept_notebooks_have_an_explorer(notebook):
+    path, nb = notebook
+    if get_notebook(path.name).number > 9:
+        pytest.skip("the translation notebooks are not concept notebooks")
+    assert any("explorer(" in cell.source for cell in nb.cells if cell.cell_type == "code")
+
+
+def test_every_exercise_has_a_check(notebook):
+    path, nb = notebook
+    checks = sum(len(re.findall(r"^check_\w+\(", cell.source, re.M))
+                 for cell in nb.cells if cell.cell_type == "code")
+    assert checks >= count_solutions(nb), f"{path.name}: each exercise needs a check cell under it"
