@@ -99,10 +99,17 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 900,
 def write_atomically(nb: nbformat.NotebookNode, path: Path) -> None:
     """Write a notebook through a temporary file, so a crash never leaves half a file."""
     path = Path(path)
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:  # what a plain open() would have made
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             nbformat.write(nb, handle)
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files; keep the notebook's own permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -77,6 +77,15 @@ def test_resolve_refuses_a_planned_notebook(tmp_path):
         cli.resolve(["13"], directory=tmp_path)
 
 
+def test_write_atomically_keeps_permissions(tmp_path):
+    path = tmp_path / "nb.ipynb"
+    path.write_text("old")
+    path.chmod(0o644)
+    cli.write_atomically(make_notebook("1"), path)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert nbformat.read(path, as_version=4).cells[0].source == "1"
+
+
 def test_write_atomically_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "nb.ipynb"
     path.write_text("old")
