@@ -10,6 +10,10 @@ Masks follow PyTorch's ``scaled_dot_product_attention``: a **bool** mask is True
 query *may* attend to a key; a **float** mask is *added* to the scores (0 to keep, -inf to
 block). A query whose keys are all blocked gets zero weights and a zero output, as in
 PyTorch, instead of the NaN that a plain softmax over a row of -inf would give.
+
+:class:`SingleHeadAttention` (notebook 04) adds the learned projections: queries, keys and
+values computed from token vectors by ``W_Q``, ``W_K`` and ``W_V``, for self-attention or, with a
+``context``, cross-attention.
 """
 from __future__ import annotations
 
@@ -105,7 +109,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = None,
                    key_labels: Sequence[str] | None = None, ax=None, title: str | None = None,
-                   annotate: bool | None = None, cmap: str = "Blues"):
+                   annotate: bool | None = None, cmap: str = "Blues", colorbar: bool = True,
+                   xlabel: str = "key (attended to)", ylabel: str = "query (attending)"):
     """Heatmap of one attention matrix: a row per query, a column per key.
 
     Args:
@@ -113,6 +118,8 @@ def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = N
         query_labels: T_q tokens for the rows; key_labels: T_k tokens for the columns
             (defaults to ``query_labels`` for self-attention when the sizes match).
         annotate: write each weight in its cell; by default when the matrix is at most 12 × 12.
+        colorbar: draw the colour scale next to the map (leave it out in a row of small maps).
+        xlabel, ylabel: axis labels, e.g. ``"German word (key)"`` for cross-attention.
 
     Returns:
         The matplotlib Axes.
@@ -138,8 +145,8 @@ def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = N
                            ha="right" if max(map(len, key_labels), default=0) > 3 else "center")
     if query_labels is not None:
         ax.set_yticklabels(query_labels)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query (attending)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if annotate is None:
         annotate = sizes["T_q"] <= 12 and sizes["T_k"] <= 12
     if annotate:
@@ -150,5 +157,94 @@ def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = N
                         color="white" if value > 0.6 else "black")
     if title:
         ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="weight")
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="weight")
     return ax
+
+
+# --- learned projections (notebook 04) ----------------------------------------------------------------
+
+class SingleHeadAttention(torch.nn.Module):
+    """One attention head with learned projections W_Q, W_K and W_V (no bias, no output projection).
+
+    Each token vector of width ``d_model`` is projected three ways: its query ``x W_Q`` (what it
+    looks for), its key ``x W_K`` (what it offers to be found by) and its value ``x W_V`` (what it
+    hands over). Then :func:`scaled_dot_product_attention` combines them.
+
+    Args:
+        d_model: width of the input token vectors.
+        d_k: width of queries and keys.
+        d_v: width of values, and of the output (default ``d_k``).
+        share_qk: use one projection for queries and keys (``W_K = W_Q``); the score matrix
+            is then symmetric. Notebook 04 shows what this cannot learn.
+        bias: give each projection a bias (the course's heads have none).
+
+    The projections are ``nn.Linear`` layers ``w_q``, ``w_k`` (None when ``share_qk``) and
+    ``w_v``. ``nn.Linear`` stores its weight as ``(d_out, d_in)`` and computes ``x @ weight.T``;
+    the properties :attr:`W_Q`, :attr:`W_K`, :attr:`W_V` give the matrices the course's way
+    round, ``(d_model, d_k)``, so that ``q = x @ W_Q``.
+    """
+
+    def __init__(self, d_model: int, d_k: int, d_v: int | None = None, share_qk: bool = False,
+                 bias: bool = False):
+        super().__init__()
+        d_v = d_k if d_v is None else d_v
+        for name, value in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.d_model, self.d_k, self.d_v, self.share_qk = d_model, d_k, d_v, bool(share_qk)
+        self.w_q = torch.nn.Linear(d_model, d_k, bias=bias)
+        self.w_k = None if self.share_qk else torch.nn.Linear(d_model, d_k, bias=bias)
+        self.w_v = torch.nn.Linear(d_model, d_v, bias=bias)
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        """The query projection as a ``(d_model, d_k)`` matrix: ``q = x @ W_Q`` (plus the bias, if any)."""
+        return self.w_q.weight.T
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        """The key projection, ``(d_model, d_k)``; the same tensor as :attr:`W_Q` when ``share_qk``."""
+        return self.w_q.weight.T if self.share_qk else self.w_k.weight.T
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        """The value projection, ``(d_model, d_v)``."""
+        return self.w_v.weight.T
+
+    def project(self, x: torch.Tensor, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries from ``x``, keys and values from ``context`` (``x`` itself when None).
+
+        Args:
+            x: (..., T_q, d_model). context: (..., T_k, d_model) or None.
+
+        Returns:
+            ``(q, k, v)``: (..., T_q, d_k), (..., T_k, d_k), (..., T_k, d_v).
+        """
+        check_shape(x, "... T_q d_model", name="x", dtype="float", d_model=self.d_model)
+        if context is None:
+            context = x
+        else:
+            check_shape(context, "... T_k d_model", name="context", dtype="float", d_model=self.d_model)
+        q = self.w_q(x)
+        k = self.w_q(context) if self.share_qk else self.w_k(context)
+        return q, k, self.w_v(context)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-attention (``context=None``) or cross-attention (queries from ``x``, keys and values from ``context``).
+
+        Args:
+            x: (..., T_q, d_model), the tokens that ask.
+            context: (..., T_k, d_model), the tokens that are read; None means ``x`` (self-attention).
+            mask: see :func:`attention_weights`, broadcastable to (..., T_q, T_k).
+
+        Returns:
+            ``(output, weights)``: output (..., T_q, d_v) and weights (..., T_q, T_k).
+        """
+        q, k, v = self.project(x, context)
+        return scaled_dot_product_attention(q, k, v, mask=mask)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_k={self.d_k}, d_v={self.d_v}, share_qk={self.share_qk}"

@@ -82,7 +82,8 @@ def _check_dtype(x: Any, kind: str, name: str) -> None:
     if kind not in ok:
         raise ValueError(f"dtype kind must be 'float', 'int' or 'bool', got {kind!r}")
     if not ok[kind]:
-        raise TypeError(f"{name}: expected a {kind} dtype, got {x.dtype}")
+        article = "an" if kind == "int" else "a"
+        raise TypeError(f"{name}: expected {article} {kind} dtype, got {x.dtype}")
 
 
 def describe(x: Any, pattern: str) -> str:

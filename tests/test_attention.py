@@ -107,3 +107,101 @@ def test_plot_attention_labels_and_annotations():
     with pytest.raises(ValueError, match="expected 3 labels for T_q, got 2"):
         plot_attention(w, ["a", "b"], ["x", "y", "z"])
     plt.close("all")
+
+
+# --- SingleHeadAttention (notebook 04) -------------------------------------------------------------------
+
+from course_lib.attention import SingleHeadAttention  # noqa: E402
+
+
+def _head(*args, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return SingleHeadAttention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [(), (2,), (2, 3)])
+def test_single_head_matches_projections_then_pytorch(batch):
+    head = _head(6, 4, 3)
+    x = torch.randn(*batch, 5, 6, generator=torch.Generator().manual_seed(1))
+    out, w = head(x)
+    assert out.shape == (*batch, 5, 3) and w.shape == (*batch, 5, 5)
+    q, k, v = x @ head.W_Q, x @ head.W_K, x @ head.W_V  # the course's x @ W convention
+    assert head.W_Q.shape == (6, 4) and head.W_V.shape == (6, 3)
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+    assert torch.allclose(w, torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1), atol=1e-6)
+    assert all(torch.allclose(a, b) for a, b in zip(head.project(x), (q, k, v)))
+
+
+def test_single_head_defaults_and_parameter_count():
+    head = _head(8, 4)
+    assert head.d_v == 4 and not head.share_qk and head.w_q.bias is None
+    assert sum(p.numel() for p in head.parameters()) == 3 * 8 * 4
+    assert sum(p.numel() for p in _head(8, 4, share_qk=True).parameters()) == 2 * 8 * 4
+    assert sum(p.numel() for p in _head(8, 4, 2, bias=True).parameters()) == 8 * 4 * 2 + 8 * 2 + 4 + 4 + 2
+    assert "share_qk=False" in repr(head)
+
+
+def test_cross_attention_shapes_and_self_attention_is_cross_attention_with_itself():
+    head = _head(6, 4, 2)
+    g = torch.Generator().manual_seed(2)
+    x, context = torch.randn(2, 3, 6, generator=g), torch.randn(2, 7, 6, generator=g)
+    out, w = head(x, context)
+    assert out.shape == (2, 3, 2) and w.shape == (2, 3, 7)
+    q, k, v = x @ head.W_Q, context @ head.W_K, context @ head.W_V
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+    assert torch.allclose(head(x)[0], head(x, x)[0])
+    # a query sees only the context: changing x's other rows does not change its output
+    x2 = x.clone()
+    x2[:, 1:] += 1.0
+    assert torch.allclose(head(x2, context)[0][:, 0], out[:, 0], atol=1e-6)
+
+
+def test_shared_projection_makes_symmetric_scores_and_a_separate_one_does_not():
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(3))
+    shared = _head(5, 4, share_qk=True)
+    assert shared.w_k is None and torch.equal(shared.W_K, shared.W_Q)
+    q, k, _ = shared.project(x)
+    assert torch.equal(q, k)
+    scores = attention_scores(q, k)
+    assert torch.allclose(scores, scores.T)
+    q, k, _ = _head(5, 4).project(x)
+    scores = attention_scores(q, k)
+    assert not torch.allclose(scores, scores.T)
+
+
+def test_single_head_mask_and_gradients():
+    head = _head(4, 4)
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(4))
+    causal = torch.ones(3, 3, dtype=torch.bool).tril()
+    out, w = head(x, mask=causal)
+    q, k, v = head.project(x)
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
+    assert (w[..., ~causal] == 0).all()
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+def test_single_head_bad_inputs_say_what_was_expected():
+    head = _head(6, 4)
+    with pytest.raises(ValueError, match="x: expected d_model=6, got d_model=5"):
+        head(torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="context: expected d_model=6, got d_model=2"):
+        head(torch.zeros(3, 6), torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="x: expected a float dtype"):
+        head(torch.zeros(3, 6, dtype=torch.long))
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="d_k must be a positive int"):
+            SingleHeadAttention(6, bad)
+    with pytest.raises(ValueError, match="d_v must be a positive int"):
+        SingleHeadAttention(6, 4, 0)
+
+
+def test_plot_attention_new_options():
+    w = torch.softmax(torch.randn(2, 3, generator=torch.Generator().manual_seed(5)), dim=-1)
+    ax = plot_attention(w, ["the", "cat"], ["die", "Katze", "schläft"], colorbar=False,
+                        xlabel="German (key)", ylabel="English (query)")
+    assert ax.get_xlabel() == "German (key)" and ax.get_ylabel() == "English (query)"
+    assert len(ax.figure.axes) == 1  # no colour bar
+    ax = plot_attention(w, ["the", "cat"], ["die", "Katze", "schläft"])
+    assert len(ax.figure.axes) == 2 and ax.get_xlabel() == "key (attended to)"
+    plt.close("all")

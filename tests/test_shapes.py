@@ -52,7 +52,7 @@ def test_dtype_kinds():
         check_shape(torch.zeros(2), "T", name="mask", dtype="bool")
     with pytest.raises(TypeError, match="expected a float dtype, got int64"):
         check_shape(np.zeros(2, dtype=np.int64), "T", dtype="float")
-    with pytest.raises(TypeError, match="expected a int dtype"):
+    with pytest.raises(TypeError, match="expected an int dtype"):
         check_shape(torch.zeros(2, dtype=torch.bool), "T", dtype="int")
     with pytest.raises(ValueError, match="dtype kind must be"):
         check_shape(torch.zeros(2), "T", dtype="complex")

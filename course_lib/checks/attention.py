@@ -1,0 +1,234 @@
+"""Notebook 04's exercises: attention in NumPy for one sequence, and batched attention in torch."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from course_lib.attention import scaled_dot_product_attention
+from course_lib.checks.core import Case, CheckResult, Mistake, check_function
+from course_lib.shapes import check_shape
+
+
+def _quiet(make):
+    """A mistake that may not fit every input's shapes: None instead of an error, and no warnings."""
+    def wrong(*args):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            try:
+                return make(*args)
+            except Exception:  # this mistake cannot happen on these shapes
+                return None
+    return wrong
+
+
+# --- exercise 1: attention in NumPy --------------------------------------------------------------------
+
+def _np_softmax(scores: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(scores - scores.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def attention_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Scaled dot-product attention of one sequence, in NumPy: ``softmax(q k^T / sqrt(d_k)) v``.
+
+    Args:
+        q: (T_q, d_k). k: (T_k, d_k). v: (T_k, d_v). NumPy float arrays.
+
+    Returns:
+        (T_q, d_v): row i is the average of the rows of ``v``, weighted by query i's weights.
+    """
+    for name, array in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array, got {type(array).__name__}")
+    sizes = check_shape(q, "T_q d_k", name="q", dtype="float")
+    sizes = check_shape(k, "T_k d_k", name="k", dtype="float", **sizes)
+    check_shape(v, "T_k d_v", name="v", dtype="float", T_k=sizes["T_k"])
+    scores = q @ k.T / np.sqrt(sizes["d_k"])  # (T_q, T_k)
+    return _np_softmax(scores, axis=-1) @ v  # (T_q, d_v)
+
+
+def _np_attention(q, k, v, scale=None, axis=-1):
+    scale = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
+    return _np_softmax(q @ k.T * scale, axis=axis) @ v
+
+
+def _np_weights(q, k):
+    return _np_softmax(q @ k.T / np.sqrt(q.shape[-1]))
+
+
+def _numpy_cases() -> list[Case]:
+    rng = np.random.default_rng(404)
+    square = [rng.normal(size=(3, 3)) for _ in range(3)]
+    general = (rng.normal(size=(2, 4)), rng.normal(size=(5, 4)), rng.normal(size=(5, 3)))
+    # Row 0 scores reach about 1800 (exp overflows); row 1 scores are small, so subtracting the
+    # maximum of the whole matrix instead of each row's own underflows row 1 to 0 / 0.
+    big_q = np.array([[30.0, 30.0, -30.0, 30.0], [0.1, -0.2, 0.3, 0.0]])
+    big_k = np.array([[30.0, 30.0, -30.0, 30.0], [-30.0, 30.0, 30.0, 0.0], [20.0, 25.0, -30.0, 30.0]])
+    big_v = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    return [
+        # every size 3: a wrong axis, a missing transpose or the weights still have the right shape
+        Case(tuple(square), "square inputs: q, k, v all of shape (3, 3)"),
+        Case(general, "q (T_q=2, d_k=4), k (T_k=5, d_k=4), v (T_k=5, d_v=3)"),
+        Case((big_q, big_k, big_v), "large scores (up to about 1800) in row 0, small ones in row 1"),
+        Case((rng.normal(size=(1, 2)), rng.normal(size=(6, 2)), rng.normal(size=(6, 1))),
+             "a single query: q (1, 2), k (6, 2), v (6, 1)"),
+    ]
+
+
+_NUMPY_MISTAKES = [
+    Mistake("you forgot to transpose k: q @ k multiplies each query with the columns of k, not with the keys",
+            _quiet(lambda q, k, v: _np_softmax(q @ k / np.sqrt(q.shape[-1])) @ v),
+            "the scores are q @ k.T, shape (T_q, T_k)"),
+    Mistake("you took the softmax over axis 0, down the columns: each key's weights sum to 1 instead of "
+            "each query's",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, axis=0)),
+            "row i holds query i's scores: use axis=-1 for the max and the sum"),
+    Mistake("you returned the attention weights (T_q, T_k), not the output weights @ v (T_q, d_v)",
+            _quiet(lambda q, k, v: _np_weights(q, k)), "finish with weights @ v"),
+    Mistake("you multiplied in the wrong order: v @ weights instead of weights @ v",
+            _quiet(lambda q, k, v: v @ _np_weights(q, k)), "each output row mixes rows of v: weights @ v"),
+    Mistake("you multiplied in the wrong order: weights.T @ v mixes the values with the weights of the keys "
+            "instead of the queries",
+            _quiet(lambda q, k, v: _np_weights(q, k).T @ v), "weights @ v, with weights of shape (T_q, T_k)"),
+    Mistake("the scale is missing: you did not divide the scores by sqrt(d_k)",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1.0)), "scores = q @ k.T / np.sqrt(d_k)"),
+    Mistake("you divided the scores by d_k instead of sqrt(d_k)",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / q.shape[-1])),
+            "divide by np.sqrt(d_k), where d_k = q.shape[-1]"),
+    Mistake("you multiplied the scores by sqrt(d_k) instead of dividing by it",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=np.sqrt(q.shape[-1]))),
+            "divide: scores = q @ k.T / np.sqrt(d_k)"),
+    Mistake("you divided by the square root of the number of keys T_k (len(k) or k.shape[0]), not of d_k",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(k.shape[0]))),
+            "d_k is the width of a key: k.shape[-1] (or q.shape[-1])"),
+    Mistake("you divided by sqrt(d_v), the width of the values, instead of sqrt(d_k)",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(v.shape[-1]))),
+            "d_k is the width of the queries and keys: q.shape[-1]"),
+    Mistake("you applied the scale after the softmax: the weights must come from the scaled scores",
+            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1.0) / np.sqrt(q.shape[-1])),
+            "divide the scores by sqrt(d_k), then take the softmax"),
+    Mistake("you did not normalise: exp(scores) are not weights until each row is divided by its sum",
+            _quiet(lambda q, k, v: np.exp(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            "weights = e / e.sum(axis=-1, keepdims=True)"),
+    Mistake("overflow: np.exp of scores in the hundreds is inf, and inf / inf = nan",
+            _quiet(lambda q, k, v: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(q @ k.T / np.sqrt(q.shape[-1]))) @ v),
+            "subtract each row's maximum before np.exp: scores - scores.max(axis=-1, keepdims=True)"),
+    Mistake("you subtracted the maximum of the whole score matrix: a row whose scores are far below it "
+            "underflows to exp(...) = 0 everywhere, and then 0 / 0 = nan",
+            _quiet(lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(s - s.max())))(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            "subtract each row's own maximum: scores.max(axis=-1, keepdims=True)"),
+    Mistake("you subtracted the row maxima without keepdims=True: the (T_q,) vector broadcast along the "
+            "keys, so column j got row j's maximum",
+            _quiet(lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(s - s.max(axis=-1))))(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            "use scores.max(axis=-1, keepdims=True), shape (T_q, 1)"),
+    Mistake("you divided by the row sums without keepdims=True: the (T_q,) vector broadcast along the keys",
+            _quiet(lambda q, k, v: (lambda e: e / e.sum(axis=-1))(
+                np.exp((lambda s: s - s.max(axis=-1, keepdims=True))(q @ k.T / np.sqrt(q.shape[-1])))) @ v),
+            "use e.sum(axis=-1, keepdims=True), shape (T_q, 1)"),
+]
+
+
+def check_attention_numpy(fn) -> CheckResult:
+    """Check a learner's ``attention_numpy(q, k, v)``: NumPy (T_q, d_k), (T_k, d_k), (T_k, d_v) -> (T_q, d_v)."""
+    return check_function(fn, exercise="attention_numpy", reference=attention_numpy, cases=_numpy_cases(),
+                          mistakes=_NUMPY_MISTAKES, shape_names="(T_q, d_v)")
+
+
+# --- exercise 2: batched attention in torch ------------------------------------------------------------
+
+def batched_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention for a batch of B sequences, each on its own.
+
+    Args:
+        q: (B, T_q, d_k). k: (B, T_k, d_k). v: (B, T_k, d_v). Float tensors.
+
+    Returns:
+        (B, T_q, d_v): ``softmax(q k^T / sqrt(d_k)) v`` for every sequence of the batch.
+    """
+    sizes = check_shape(q, "B T_q d_k", name="q", dtype="float")
+    sizes = check_shape(k, "B T_k d_k", name="k", dtype="float", **sizes)
+    check_shape(v, "B T_k d_v", name="v", dtype="float", B=sizes["B"], T_k=sizes["T_k"])
+    return scaled_dot_product_attention(q, k, v)[0]
+
+
+def _torch_attention(q, k, v, scale=None, dim=-1):
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=dim) @ v
+
+
+def _flattened(q, k, v):
+    """Every token of the batch attends to every token of every sequence."""
+    B, T_q, d_k = q.shape
+    out = _torch_attention(q.reshape(-1, d_k), k.reshape(-1, d_k), v.reshape(-1, v.shape[-1]))
+    return out.reshape(B, T_q, -1)
+
+
+def _batched_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(405)
+    cube = [torch.randn(3, 3, 3, generator=gen) for _ in range(3)]
+    general = (torch.randn(2, 3, 4, generator=gen), torch.randn(2, 5, 4, generator=gen),
+               torch.randn(2, 5, 3, generator=gen))
+    big = (torch.randn(2, 2, 4, generator=gen) * 30, torch.randn(2, 3, 4, generator=gen) * 30,
+           torch.randn(2, 3, 2, generator=gen))
+    return [
+        # B = T_q = T_k = d_k = d_v = 3: every wrong axis still gives the right shape
+        Case(tuple(cube), "q, k, v all of shape (B=3, T=3, d=3)"),
+        Case(general, "q (B=2, T_q=3, d_k=4), k (B=2, T_k=5, d_k=4), v (B=2, T_k=5, d_v=3)"),
+        Case(big, "large scores (q and k with entries of size about 30)"),
+    ]
+
+
+_BATCHED_MISTAKES = [
+    Mistake("you used k.T on a 3-D tensor: .T reverses ALL axes, (B, T_k, d_k) -> (d_k, T_k, B), so the "
+            "batch axis was swapped with the features",
+            _quiet(lambda q, k, v: torch.softmax(q @ k.permute(2, 1, 0) / math.sqrt(q.shape[-1]), dim=-1) @ v),
+            "swap only the last two axes: k.transpose(-2, -1) (or k.mT)"),
+    Mistake("you swapped the wrong axes of k: k.transpose(0, 2) turns (B, T_k, d_k) into (d_k, T_k, B)",
+            _quiet(lambda q, k, v: torch.softmax(q @ k.transpose(0, 2) / math.sqrt(q.shape[-1]), dim=-1) @ v),
+            "swap the last two axes: k.transpose(-2, -1)"),
+    Mistake("you took the softmax over dim=1, the query axis: for each key, the weights over the queries "
+            "sum to 1, instead of each query's weights over the keys",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, dim=1)), "use dim=-1, the key axis"),
+    Mistake("you took the softmax over dim=0, the batch axis: the weights were shared out between "
+            "different sequences",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, dim=0)), "use dim=-1, the key axis"),
+    Mistake("you mixed the sequences of the batch: every query attended to the keys of ALL B sequences "
+            "(did you flatten the batch into one long sequence?)",
+            _quiet(_flattened), "keep the batch axis: q @ k.transpose(-2, -1) is (B, T_q, T_k)"),
+    Mistake("you returned the attention weights (B, T_q, T_k), not the output weights @ v (B, T_q, d_v)",
+            _quiet(lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)),
+            "finish with weights @ v"),
+    Mistake("the scale is missing: you did not divide the scores by sqrt(d_k)",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1.0)), "divide the scores by math.sqrt(d_k)"),
+    Mistake("you divided the scores by d_k instead of sqrt(d_k)",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / q.shape[-1])),
+            "divide by math.sqrt(d_k)"),
+    Mistake("you read d_k as k.shape[1], which is T_k for a (B, T_k, d_k) tensor: you divided by sqrt(T_k)",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[1]))),
+            "d_k = q.shape[-1]: count axes from the end, so the code works with or without a batch axis"),
+    Mistake("you read d_k as k.shape[0], which is the batch size B: you divided by sqrt(B)",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[0]))),
+            "d_k = q.shape[-1]"),
+    Mistake("you divided by sqrt(d_v), the width of the values, instead of sqrt(d_k)",
+            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(v.shape[-1]))),
+            "d_k = q.shape[-1]"),
+    Mistake("overflow: torch.exp of scores in the hundreds is inf, and inf / inf = nan",
+            _quiet(lambda q, k, v: (lambda e: e / e.sum(dim=-1, keepdim=True))(
+                torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))) @ v),
+            "use torch.softmax(scores, dim=-1), or subtract each row's maximum before exp"),
+]
+
+
+def check_batched_attention(fn) -> CheckResult:
+    """Check a learner's ``batched_attention(q, k, v)``.
+
+    Shapes: (B, T_q, d_k), (B, T_k, d_k), (B, T_k, d_v) -> (B, T_q, d_v).
+    """
+    return check_function(fn, exercise="batched_attention", reference=batched_attention, cases=_batched_cases(),
+                          mistakes=_BATCHED_MISTAKES, shape_names="(B, T_q, d_v)", rtol=1e-4, atol=1e-5)
