@@ -1,0 +1,216 @@
+"""The encoder–decoder Transformer (Vaswani et al., 2017), the model notebook 11 trains.
+
+Two levels:
+
+- :class:`Transformer` works on vectors, exactly like ``torch.nn.Transformer``
+  (``load_from_torch`` copies one's weights): ``src (B, S, d_model)``, ``tgt (B, T, d_model)``
+  -> ``(B, T, d_model)``. Like PyTorch's, each stack ends with a LayerNorm.
+- :class:`Seq2SeqTransformer` works on token ids: embeddings × sqrt(d_model) + sinusoidal
+  positions, the :class:`Transformer`, and the unembedding to logits ``(B, T, V)``; source,
+  target and output embeddings can be shared (one matrix for a joint vocabulary).
+
+Masks are bool, True = may attend (course_lib.attention's convention), broadcastable to
+(B, h, T_q, T_k).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from course_lib.blocks import EncoderBlock, FeedForward, _copy_linear_norms
+from course_lib.masking import causal_mask
+from course_lib.multihead import MultiHeadAttention
+from course_lib.positional import SinusoidalPositionalEncoding
+from course_lib.shapes import check_shape
+
+
+class DecoderBlock(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward; each with residual + norm.
+
+    ``forward(x (B, T, d_model), memory (B, S, d_model), tgt_mask=None, memory_mask=None)``.
+    """
+
+    def __init__(self, d_model: int, h: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
+                 norm_first: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, h, dropout)
+        self.cross_attn = MultiHeadAttention(d_model, h, dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout, activation)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model, eps=eps) for _ in range(3))
+        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
+        self.self_weights: torch.Tensor | None = None  # (B, h, T, T) of the last call
+        self.cross_weights: torch.Tensor | None = None  # (B, h, T, S) of the last call
+
+    def _sa(self, x, mask):
+        out, self.self_weights = self.self_attn(x, mask=mask)
+        return self.dropout1(out)
+
+    def _ca(self, x, memory, mask):
+        out, self.cross_weights = self.cross_attn(x, memory, memory, mask=mask)
+        return self.dropout2(out)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        sizes = check_shape(x, "B T d_model", name="x", d_model=self.norm1.normalized_shape[0])
+        check_shape(memory, "B S d_model", name="memory", B=sizes["B"], d_model=sizes["d_model"])
+        if self.norm_first:
+            x = x + self._sa(self.norm1(x), tgt_mask)
+            x = x + self._ca(self.norm2(x), memory, memory_mask)
+            return x + self.dropout3(self.ff(self.norm3(x)))
+        x = self.norm1(x + self._sa(x, tgt_mask))
+        x = self.norm2(x + self._ca(x, memory, memory_mask))
+        return self.norm3(x + self.dropout3(self.ff(x)))
+
+    @torch.no_grad()
+    def load_from_torch(self, layer: nn.TransformerDecoderLayer) -> "DecoderBlock":
+        """Copy the weights of a ``torch.nn.TransformerDecoderLayer`` with the same sizes."""
+        self.self_attn.load_from_torch(layer.self_attn)
+        self.cross_attn.load_from_torch(layer.multihead_attn)
+        _copy_linear_norms(self, layer, ("norm1", "norm2", "norm3"))
+        return self
+
+
+class Transformer(nn.Module):
+    """Encoder stack + decoder stack on d_model-wide vectors, each stack ending in a LayerNorm."""
+
+    def __init__(self, d_model: int = 512, h: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 d_ff: int = 2048, dropout: float = 0.1, activation: str = "relu", norm_first: bool = False,
+                 eps: float = 1e-5):
+        super().__init__()
+        self.d_model, self.h = d_model, h
+        self.encoder_layers = nn.ModuleList(EncoderBlock(d_model, h, d_ff, dropout, activation, norm_first, eps)
+                                            for _ in range(num_encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderBlock(d_model, h, d_ff, dropout, activation, norm_first, eps)
+                                            for _ in range(num_decoder_layers))
+        self.encoder_norm = nn.LayerNorm(d_model, eps=eps)
+        self.decoder_norm = nn.LayerNorm(d_model, eps=eps)
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S, d_model) -> memory (B, S, d_model); ``src_mask`` e.g. a padding mask (B, 1, 1, S)."""
+        check_shape(src, "B S d_model", name="src", d_model=self.d_model)
+        for layer in self.encoder_layers:
+            src = layer(src, src_mask)
+        return self.encoder_norm(src)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
+               memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, d_model) attending to memory (B, S, d_model) -> (B, T, d_model)."""
+        check_shape(tgt, "B T d_model", name="tgt", d_model=self.d_model)
+        for layer in self.decoder_layers:
+            tgt = layer(tgt, memory, tgt_mask, memory_mask)
+        return self.decoder_norm(tgt)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
+                tgt_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(tgt, self.encode(src, src_mask), tgt_mask, memory_mask)
+
+    @torch.no_grad()
+    def load_from_torch(self, model: nn.Transformer) -> "Transformer":
+        """Copy every weight of a ``torch.nn.Transformer`` with the same sizes and layer counts."""
+        theirs_enc, theirs_dec = model.encoder.layers, model.decoder.layers
+        if len(theirs_enc) != len(self.encoder_layers) or len(theirs_dec) != len(self.decoder_layers):
+            raise ValueError(f"layer counts differ: ours {len(self.encoder_layers)}+{len(self.decoder_layers)}, "
+                             f"theirs {len(theirs_enc)}+{len(theirs_dec)}")
+        for ours, theirs in zip(self.encoder_layers, theirs_enc):
+            ours.load_from_torch(theirs)
+        for ours, theirs in zip(self.decoder_layers, theirs_dec):
+            ours.load_from_torch(theirs)
+        self.encoder_norm.load_state_dict(model.encoder.norm.state_dict())
+        self.decoder_norm.load_state_dict(model.decoder.norm.state_dict())
+        return self
+
+
+def shift_right(tgt: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Teacher forcing's decoder input: ``[BOS, y_0, ..., y_{T-2}]`` for targets ``(B, T)`` of token ids."""
+    check_shape(tgt, "B T", name="tgt", dtype="int")
+    bos = torch.full_like(tgt[:, :1], bos_id)
+    return torch.cat([bos, tgt[:, :-1]], dim=1)
+
+
+class Seq2SeqTransformer(nn.Module):
+    """A translation model on token ids: embed, add positions, :class:`Transformer`, unembed.
+
+    ``forward(src (B, S), tgt_in (B, T)) -> logits (B, T, tgt_vocab)``; padding (``pad_id``)
+    and causal masks are built inside. With ``share_embeddings`` one matrix serves as
+    source, target and output embedding (the vocabularies must then be the same).
+    Embeddings start with std d_model^-0.5 and are multiplied by sqrt(d_model), so token
+    vectors and sinusoidal positions have comparable sizes.
+    """
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 256, h: int = 4,
+                 num_encoder_layers: int = 3, num_decoder_layers: int = 3, d_ff: int = 1024,
+                 dropout: float = 0.1, activation: str = "relu", norm_first: bool = True,
+                 share_embeddings: bool = False, pad_id: int = 0):
+        super().__init__()
+        if share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(f"share_embeddings needs one vocabulary, got src_vocab={src_vocab}, tgt_vocab={tgt_vocab}")
+        self.d_model, self.pad_id = d_model, pad_id
+        self.src_embed = nn.Embedding(src_vocab, d_model)
+        self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model)
+        for embedding in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(embedding.weight, std=d_model ** -0.5)
+        self.positions = SinusoidalPositionalEncoding(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.transformer = Transformer(d_model, h, num_encoder_layers, num_decoder_layers, d_ff, dropout,
+                                       activation, norm_first)
+        self.out = nn.Linear(d_model, tgt_vocab, bias=False)
+        if share_embeddings:
+            self.out.weight = self.tgt_embed.weight
+
+    def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
+        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model)))
+
+    def source_mask(self, src: torch.Tensor) -> torch.Tensor:
+        """(B, S) ids -> (B, 1, 1, S) bool, True at real tokens."""
+        return (src != self.pad_id)[:, None, None, :]
+
+    def target_mask(self, tgt_in: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, 1, T, T): causal and not padding."""
+        T = tgt_in.shape[1]
+        return causal_mask(T, device=tgt_in.device) & (tgt_in != self.pad_id)[:, None, None, :]
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) ids -> (memory (B, S, d_model), source mask (B, 1, 1, S))."""
+        check_shape(src, "B S", name="src", dtype="int")
+        mask = self.source_mask(src)
+        return self.transformer.encode(self._embed(src, self.src_embed), mask), mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and the encoder's memory -> logits (B, T, tgt_vocab)."""
+        check_shape(tgt_in, "B T", name="tgt_in", dtype="int")
+        x = self.transformer.decode(self._embed(tgt_in, self.tgt_embed), memory, self.target_mask(tgt_in), src_mask)
+        return self.out(x)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask)
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, bos_id: int, eos_id: int,
+                  max_len: int) -> torch.Tensor:
+    """Translate a batch ``src (B, S)`` token by token, always taking the most likely next token.
+
+    Returns ``(B, L)`` ids without the leading BOS, L <= max_len; after a sequence's EOS every
+    further position is ``model.pad_id``.
+    """
+    memory, src_mask = model.encode(src)
+    B = src.shape[0]
+    out = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        next_token = model.decode(out, memory, src_mask)[:, -1].argmax(dim=-1)
+        next_token = next_token.masked_fill(done, model.pad_id)
+        out = torch.cat([out, next_token[:, None]], dim=1)
+        done |= next_token == eos_id
+        if done.all():
+            break
+    return out[:, 1:]
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of distinct trainable parameters (a shared matrix counts once)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
