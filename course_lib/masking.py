@@ -28,24 +28,12 @@ from typing import Sequence
 
 import torch
 
-from course_lib.shapes import check_shape
+from course_lib.shapes import check_int, check_shape
 
 NEG_INF = float("-inf")
 
 
 # --- validation helpers ----------------------------------------------------------------------------
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
-            and value.dtype != torch.bool:
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{name} must be a {kind} int, got {value}")
-    return int(value)
-
 
 def _check_bool_mask(mask, name: str = "mask") -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
@@ -91,7 +79,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: i
     Returns:
         (B, T) int64 tensor.
     """
-    pad_id = _check_int(pad_id, "pad_id", minimum=-2**63)
+    pad_id = check_int(pad_id, "pad_id", minimum=None)
     if side not in ("right", "left"):
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
     if isinstance(sequences, torch.Tensor) or not isinstance(sequences, Sequence) or len(sequences) == 0:
@@ -107,7 +95,7 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: i
                             f"of shape {tuple(ids.shape)}")
         rows.append(ids.long())
     longest = max(len(r) for r in rows)
-    T = longest if length is None else _check_int(length, "length", minimum=0)
+    T = longest if length is None else check_int(length, "length", minimum=0)
     if longest > T:
         i = max(range(len(rows)), key=lambda j: len(rows[j]))
         raise ValueError(f"sequences[{i}] has {longest} tokens, more than length = {T}")
@@ -132,7 +120,7 @@ def padding_mask(token_ids: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
         ``mask[:, None, None, :]`` (B, 1, 1, T_k) with scores (B, h, T_q, T_k).
     """
     check_shape(token_ids, "... T", name="token_ids", dtype="int")
-    pad_id = _check_int(pad_id, "pad_id", minimum=-2**63)
+    pad_id = check_int(pad_id, "pad_id", minimum=None)
     return token_ids != pad_id
 
 
@@ -159,7 +147,7 @@ def lengths_to_mask(lengths, T: int | None = None) -> torch.Tensor:
     longest = int(lengths.max()) if lengths.numel() else 0
     if T is None:
         T = longest
-    T = _check_int(T, "T", minimum=0)
+    T = check_int(T, "T", minimum=0)
     if longest > T:
         b = int(lengths.argmax())
         raise ValueError(f"lengths[{b}] = {longest} is longer than T = {T}: T must be at least max(lengths)")
@@ -176,7 +164,7 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tenso
     Returns:
         (T, T) bool; broadcasts against scores (..., T, T) of any batch and head axes.
     """
-    T = _check_int(T, "T", minimum=1)
+    T = check_int(T, "T", minimum=1)
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 

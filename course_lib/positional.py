@@ -29,29 +29,19 @@ accurate even at positions in the hundreds of thousands.
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
+from numbers import Real
 
 import torch
 from torch import nn
 
-from course_lib.shapes import check_shape
+from course_lib.shapes import check_int, check_shape
 
 DEFAULT_BASE = 10000.0
 
 
 # --------------------------------------------------------------------------- validation
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = int(value.item())
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_d_model(d_model, name: str = "d_model") -> int:
-    d_model = _check_int(d_model, name, 2)
+    d_model = check_int(d_model, name, 2)
     if d_model % 2:
         raise ValueError(f"{name} must be even: the sinusoidal and rotary schemes use the {name} columns in "
                          f"pairs (2i, 2i+1), one (sin, cos) pair per frequency; got {name}={d_model}")
@@ -119,9 +109,9 @@ def sinusoidal_encoding(T: int, d_model: int, base: float = DEFAULT_BASE, *, sta
         (T, d_model): row ``pos`` holds ``sin(pos ω_i)`` in column 2i and ``cos(pos ω_i)`` in
         column 2i+1. Every entry lies in [-1, 1] and every row has norm sqrt(d_model / 2).
     """
-    T = _check_int(T, "T", 1)
+    T = check_int(T, "T", 1)
     d_model, base = _check_d_model(d_model), _check_base(base)
-    start = _check_int(start, "start", 0)
+    start = check_int(start, "start", 0)
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     positions = torch.arange(start, start + T, dtype=torch.float64, device=device)  # (T,)
@@ -186,14 +176,14 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int):
         super().__init__()
-        self.max_len = _check_int(max_len, "max_len", 1)
-        self.d_model = _check_int(d_model, "d_model", 1)
+        self.max_len = check_int(max_len, "max_len", 1)
+        self.d_model = check_int(d_model, "d_model", 1)
         self.table = nn.Embedding(self.max_len, self.d_model)
 
     def encoding(self, T: int, start: int = 0) -> torch.Tensor:
         """Rows ``start … start+T-1`` of the table: (T, d_model)."""
-        T = _check_int(T, "T", 1)
-        start = _check_int(start, "start", 0)
+        T = check_int(T, "T", 1)
+        start = check_int(start, "start", 0)
         last = start + T - 1
         if last >= self.max_len:
             raise ValueError(

@@ -6,6 +6,7 @@ instead of broadcasting quietly into a wrong answer.
 """
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -97,3 +98,21 @@ def describe(x: Any, pattern: str) -> str:
                                        for d, s in zip(named, shape[len(extra):])]
     dtype = str(x.dtype).replace("torch.", "")
     return "(" + ", ".join(parts) + ") " + dtype
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """Return ``value`` as an int, accepting a one-element integer tensor; refuse bools and floats.
+
+    Raises:
+        TypeError: ``value`` is not an integer.
+        ValueError: it is below ``minimum`` ("a positive int" for 1, "a non-negative int" for 0).
+    """
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = int(value.item())
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        kind = {1: "a positive int", 0: "a non-negative int"}.get(minimum, f"an int >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value}")
+    return int(value)

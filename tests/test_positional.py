@@ -83,13 +83,13 @@ def test_frequencies_and_wavelengths():
 
 @pytest.mark.parametrize("call, error, fragment", [
     (lambda: sinusoidal_encoding(4, 5), ValueError, "d_model must be even"),
-    (lambda: sinusoidal_encoding(0, 4), ValueError, "T must be >= 1"),
-    (lambda: sinusoidal_encoding(-3, 4), ValueError, "T must be >= 1"),
+    (lambda: sinusoidal_encoding(0, 4), ValueError, "T must be a positive int"),
+    (lambda: sinusoidal_encoding(-3, 4), ValueError, "T must be a positive int"),
     (lambda: sinusoidal_encoding(2.5, 4), TypeError, "T must be an int"),
-    (lambda: sinusoidal_encoding(3, 0), ValueError, "d_model must be >= 2"),
+    (lambda: sinusoidal_encoding(3, 0), ValueError, "d_model must be an int >= 2"),
     (lambda: sinusoidal_encoding(3, 4, base=1.0), ValueError, "base must be a finite number > 1"),
     (lambda: sinusoidal_encoding(3, 4, base="10000"), TypeError, "base must be a number"),
-    (lambda: sinusoidal_encoding(3, 4, start=-1), ValueError, "start must be >= 0"),
+    (lambda: sinusoidal_encoding(3, 4, start=-1), ValueError, "start must be a non-negative int"),
     (lambda: sinusoidal_encoding(3, 4, dtype=torch.int64), TypeError, "floating-point"),
     (lambda: sinusoidal_encoding(True, 4), TypeError, "T must be an int"),
 ])
@@ -161,11 +161,11 @@ def test_learned_refuses_positions_beyond_max_len_clearly():
         module(torch.zeros(1, 60, 4))
     with pytest.raises(ValueError, match="position 50 was asked for"):
         module.encoding(1, start=50)
-    with pytest.raises(ValueError, match="T must be >= 1"):
+    with pytest.raises(ValueError, match="T must be a positive int"):
         module.encoding(0)
     with pytest.raises(ValueError, match="expected d_model=4"):
         module(torch.zeros(1, 3, 5))
-    with pytest.raises(ValueError, match="max_len must be >= 1"):
+    with pytest.raises(ValueError, match="max_len must be a positive int"):
         LearnedPositionalEmbedding(0, 4)
 
 

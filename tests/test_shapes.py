@@ -69,3 +69,19 @@ def test_describe():
     assert describe(torch.zeros(2, 1), "B 1") == "(B=2, 1) float32"
     with pytest.raises(ValueError):
         describe(torch.zeros(2), "B T")
+
+
+def test_check_int():
+    from course_lib.shapes import check_int
+
+    assert check_int(3, "n", 1) == 3 and check_int(torch.tensor(4), "n") == 4 and check_int(-7, "pad_id") == -7
+    with pytest.raises(TypeError, match=r"n must be an int, got 2.5 \(float\)"):
+        check_int(2.5, "n")
+    with pytest.raises(TypeError, match="n must be an int, got True"):
+        check_int(True, "n")
+    with pytest.raises(ValueError, match="T must be a positive int, got 0"):
+        check_int(0, "T", 1)
+    with pytest.raises(ValueError, match="T must be a non-negative int, got -1"):
+        check_int(-1, "T", 0)
+    with pytest.raises(ValueError, match="d_model must be an int >= 2, got 1"):
+        check_int(1, "d_model", 2)
