@@ -8,6 +8,8 @@ which trains more stably in deep stacks (Xiong et al., 2020).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -91,3 +93,260 @@ def _copy_linear_norms(ours: nn.Module, theirs: nn.Module, norms: tuple[str, ...
     ours.ff.linear2.load_state_dict(theirs.linear2.state_dict())
     for name in norms:
         getattr(ours, name).load_state_dict(getattr(theirs, name).state_dict())
+
+
+# --- Notebook 08: the pieces built by hand, measurements and figures ----------------------------------------------
+
+
+def _positive_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Layer normalisation by hand: each token is normalised over its own d_model features.
+
+    ``(x - mean) / sqrt(var + eps) * weight + bias``, with the mean and the **biased** variance
+    (divide by d_model, not d_model - 1) taken over the last axis, as ``torch.nn.LayerNorm`` does.
+
+    Args:
+        x: (..., d_model), floating point; typically (B, T, d_model).
+        weight: (d_model,), the gain; bias: (d_model,), the shift.
+        eps: a small positive number added to the variance, inside the square root.
+
+    Returns:
+        (..., d_model), the same shape as ``x``.
+    """
+    sizes = check_shape(x, "... d_model", name="x", dtype="float")
+    check_shape(weight, "d_model", name="weight", dtype="float", d_model=sizes["d_model"])
+    check_shape(bias, "d_model", name="bias", dtype="float", d_model=sizes["d_model"])
+    eps = _positive_float("eps", eps)
+    mean = x.mean(dim=-1, keepdim=True)  # (..., 1)
+    var = (x - mean).pow(2).mean(dim=-1, keepdim=True)  # (..., 1), biased
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def batch_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Batch normalisation (training mode, no gain or bias): each **feature** over every token of the batch.
+
+    The statistics of feature j are taken over all B × T values ``x[:, :, j]``, so a token's
+    result depends on the other tokens of the batch. Equals ``nn.BatchNorm1d(d_model, affine=False)``
+    in training mode applied to ``x.transpose(1, 2)``.
+
+    Args:
+        x: (B, T, d_model), floating point, with B × T > 1.
+        eps: a small positive number added to the variance, inside the square root.
+
+    Returns:
+        (B, T, d_model).
+    """
+    sizes = check_shape(x, "B T d_model", name="x", dtype="float")
+    eps = _positive_float("eps", eps)
+    if sizes["B"] * sizes["T"] < 2:
+        raise ValueError(f"batch norm needs more than one token per feature, got B={sizes['B']}, T={sizes['T']}")
+    mean = x.mean(dim=(0, 1), keepdim=True)  # (1, 1, d_model)
+    var = (x - mean).pow(2).mean(dim=(0, 1), keepdim=True)  # (1, 1, d_model), biased
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def encoder_block_forward(x: torch.Tensor, self_attn, ff, norm1, norm2, norm_first: bool) -> torch.Tensor:
+    """One encoder block from its sublayers: residual connections and layer norms, post-LN or pre-LN.
+
+    post-LN (``norm_first=False``)::
+
+        x = norm1(x + self_attn(x));  return norm2(x + ff(x))
+
+    pre-LN (``norm_first=True``)::
+
+        x = x + self_attn(norm1(x));  return x + ff(norm2(x))
+
+    Args:
+        x: (B, T, d_model).
+        self_attn, ff, norm1, norm2: callables (B, T, d_model) -> (B, T, d_model); ``self_attn``
+            returns only the attention output (bind a mask beforehand if there is one).
+        norm_first: False for post-LN, True for pre-LN.
+
+    Returns:
+        (B, T, d_model).
+    """
+    check_shape(x, "B T d_model", name="x", dtype="float")
+    if not isinstance(norm_first, bool):
+        raise TypeError(f"norm_first must be True or False, got {norm_first!r}")
+    if norm_first:
+        x = x + self_attn(norm1(x))
+        return x + ff(norm2(x))
+    x = norm1(x + self_attn(x))
+    return norm2(x + ff(x))
+
+
+def parameters_per_component(block: EncoderBlock) -> dict[str, int]:
+    """Count an :class:`EncoderBlock`'s parameters by component.
+
+    Returns:
+        ``{"self-attention": 4 d² + 4 d, "feed-forward": 2 d d_ff + d_ff + d, "layer norms": 4 d}``
+        (with biases); the values add up to the block's total.
+    """
+    if not isinstance(block, EncoderBlock):
+        raise TypeError(f"expected an EncoderBlock, got {type(block).__name__}")
+    def count(*modules: nn.Module) -> int:
+        return sum(p.numel() for module in modules for p in module.parameters())
+
+    return {"self-attention": count(block.self_attn), "feed-forward": count(block.ff),
+            "layer norms": count(block.norm1, block.norm2)}
+
+
+def gradient_norms_per_layer(layers, x: torch.Tensor, loss_fn) -> torch.Tensor:
+    """Run ``x`` through ``layers`` in order and measure the gradient of each layer's parameters.
+
+    Args:
+        layers: a sequence of modules, each (B, T, d_model) -> (B, T, d_model), e.g. EncoderBlocks.
+        x: (B, T, d_model), the input of the first layer.
+        loss_fn: maps the last layer's output to a scalar loss.
+
+    Returns:
+        (L,): for each layer, the L2 norm of the gradient of the loss with respect to all of
+        that layer's parameters together. The parameters' ``.grad`` are left untouched.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("expected at least one layer")
+    check_shape(x, "B T d_model", name="x", dtype="float")
+    params = [[p for p in layer.parameters() if p.requires_grad] for layer in layers]
+    if any(not p for p in params):
+        raise ValueError("every layer needs at least one trainable parameter")
+    y = x
+    for layer in layers:
+        y = layer(y)
+    loss = loss_fn(y)
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        raise ValueError(f"loss_fn must return a scalar tensor, got {loss!r:.60}")
+    flat = [p for group in params for p in group]
+    grads = torch.autograd.grad(loss, flat)
+    norms, start = [], 0
+    for group in params:
+        squares = sum(g.pow(2).sum() for g in grads[start:start + len(group)])
+        norms.append(torch.sqrt(squares))
+        start += len(group)
+    return torch.stack(norms).detach()
+
+
+@contextmanager
+def _one_thread():
+    """Run tiny models on one CPU thread (faster than several, and the same result on every machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def init_gradient_norms(depth: int, norm_first: bool, d_model: int = 64, h: int = 4, n_seeds: int = 4,
+                        batch_size: int = 4, T: int = 16, n_classes: int = 10, seed: int = 0) -> torch.Tensor:
+    """Per-layer gradient norms of a freshly initialised stack of EncoderBlocks, averaged over seeds.
+
+    For each of ``n_seeds`` seeds: a stack of ``depth`` blocks (d_ff = 4 d_model, no dropout),
+    a final LayerNorm (as every stack in course_lib ends with one), a random linear read-out
+    to ``n_classes`` classes and a cross-entropy loss against random labels on random inputs
+    (B, T, d_model) -- what a classifier sees before training. Uses its own random numbers
+    and leaves the global generator alone; runs on one CPU thread (these models are tiny).
+
+    Returns:
+        (depth,): the root mean square over seeds of each layer's gradient norm.
+    """
+    depth, n_seeds = _positive_int("depth", depth), _positive_int("n_seeds", n_seeds)
+    if not isinstance(norm_first, bool):
+        raise TypeError(f"norm_first must be True or False, got {norm_first!r}")
+    squares = torch.zeros(depth)
+    with torch.random.fork_rng(devices=[]), _one_thread():
+        for s in range(n_seeds):
+            torch.manual_seed(seed * 1000 + s)
+            layers = [EncoderBlock(d_model, h, 4 * d_model, dropout=0.0, norm_first=norm_first)
+                      for _ in range(depth)]
+            final_norm = nn.LayerNorm(d_model)
+            readout = torch.randn(d_model, n_classes) / d_model ** 0.5  # (d_model, n_classes)
+            x = torch.randn(batch_size, T, d_model)
+            labels = torch.randint(0, n_classes, (batch_size * T,))
+
+            def loss_fn(y):
+                logits = final_norm(y) @ readout  # (B, T, n_classes)
+                return nn.functional.cross_entropy(logits.reshape(-1, n_classes), labels)
+
+            squares += gradient_norms_per_layer(layers, x, loss_fn).pow(2)
+    return (squares / n_seeds).sqrt()
+
+
+def plot_gradient_norms(norms: dict[str, torch.Tensor], ax=None, title: str | None = None):
+    """Line plot of per-layer gradient norms, one line per entry of ``norms`` (label -> (L,)).
+
+    Layers are numbered from 1 (next to the input) to L (next to the output). Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    if not norms:
+        raise ValueError("expected at least one series of gradient norms")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 3.8))
+    for (label, values), marker in zip(norms.items(), "osd^v<>"):
+        check_shape(values, "L", name=f"norms[{label!r}]")
+        values = values.detach().float().cpu()
+        ax.plot(range(1, len(values) + 1), values.numpy(), marker=marker, label=label)
+    ax.set_xlabel("layer (1 = next to the input)")
+    ax.set_ylabel("gradient norm of the layer's parameters")
+    ax.set_ylim(bottom=0)
+    longest = max(len(v) for v in norms.values())
+    ax.set_xticks(range(1, longest + 1, max(1, longest // 12)))
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_normalised_slice(kind: str, B: int = 3, T: int = 4, d_model: int = 5, ax=None, token: tuple[int, int] = (0, 1),
+                          feature: int = 2):
+    """Draw a (B, T, d_model) batch as a block of cubes and highlight what one normalisation step averages over.
+
+    ``kind="layer"`` (LayerNorm, RMSNorm): one token ``x[b, t, :]``, all its d_model features.
+    ``kind="batch"`` (BatchNorm): one feature ``x[:, :, j]`` across every token of the batch.
+    Needs an Axes with ``projection="3d"`` (made when ``ax`` is None). Returns the Axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if kind not in ("layer", "batch"):
+        raise ValueError(f"kind must be 'layer' or 'batch', got {kind!r}")
+    for name, value in (("B", B), ("T", T), ("d_model", d_model)):
+        _positive_int(name, value)
+    b, t = token
+    if not (0 <= b < B and 0 <= t < T and 0 <= feature < d_model):
+        raise ValueError(f"token {token} or feature {feature} is outside (B={B}, T={T}, d_model={d_model})")
+    if ax is None:
+        ax = plt.figure(figsize=(4.5, 4.2)).add_subplot(projection="3d")
+    highlight = np.zeros((d_model, B, T), dtype=bool)  # axes of the picture: x = feature, y = batch, z = time
+    if kind == "layer":
+        highlight[:, b, t] = True
+        colour = "#E69F00"
+        what = f"LayerNorm: one token x[{b}, {t}, :],\nover its d_model = {d_model} features"
+    else:
+        highlight[feature] = True
+        colour = "#0072B2"
+        what = f"BatchNorm: one feature x[:, :, {feature}],\nover all B·T = {B * T} tokens of the batch"
+    ax.voxels(~highlight, facecolors="#cccccc22", edgecolor="#88888888", linewidth=0.4)
+    ax.voxels(highlight, facecolors=colour + "dd", edgecolor="#333333", linewidth=0.6)
+    ax.set_xlabel("d_model (feature)")
+    ax.set_ylabel("B (sequence)")
+    ax.set_zlabel("T (position)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_zticks([])
+    ax.set_box_aspect((d_model, B, T))
+    ax.view_init(elev=22, azim=-55)
+    ax.set_title(what, fontsize=11)
+    return ax

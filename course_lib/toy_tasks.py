@@ -207,3 +207,261 @@ def evaluate_retriever(model: KeyValueRetriever, batch: RetrievalBatch) -> dict[
         "weight_on_target": on_target.mean().item(),
         "loss": retrieval_loss(logits, batch.targets).item(),
     }
+
+
+# --- digit reversal: a sequence-to-sequence task for the whole Transformer (notebook 09) ---------------
+#
+# The source is a string of digits, e.g. ``3 1 4 1 5``; the target is the same digits backwards
+# followed by an end-of-sequence token, ``5 1 4 1 3 <eos>``. Every output token must come from one
+# particular source position (output t copies source L-1-t), so a trained model's cross-attention
+# shows an anti-diagonal: the picture of what cross-attention does in translation, in miniature.
+
+#: Token ids of the reversal task: 0 pads, 1 begins the decoder input, 2 ends a sequence; digit d is d + 3.
+PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+DIGIT_OFFSET = 3
+#: The reversal task's vocabulary: id -> token text (V = 13).
+REVERSAL_VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>") + tuple(str(d) for d in range(10))
+
+
+def digits_to_ids(digits) -> list[int]:
+    """``"3141"`` or ``[3, 1, 4, 1]`` -> token ids ``[6, 4, 7, 4]`` (digit d is id d + 3).
+
+    Spaces, commas and dashes in a string are skipped, so ``"3 1 4"`` and ``"3,1,4"`` work too.
+    """
+    if isinstance(digits, str):
+        text = digits.replace(" ", "").replace(",", "").replace("-", "")
+        bad = [c for c in text if c not in "0123456789"]
+        if bad:
+            raise ValueError(f"digits: expected only the digits 0-9, got {bad[0]!r} in {digits!r}")
+        values = [int(c) for c in text]
+    else:
+        values = list(digits)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 9:
+                raise ValueError(f"digits: expected ints 0-9, got {v!r}")
+    return [v + DIGIT_OFFSET for v in values]
+
+
+def ids_to_tokens(ids) -> list[str]:
+    """Token ids (a list or a 1-d tensor) -> their texts, e.g. ``[1, 6, 2]`` -> ``["<bos>", "3", "<eos>"]``."""
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    for i in ids:
+        if not 0 <= i < len(REVERSAL_VOCAB):
+            raise ValueError(f"ids must lie in 0..{len(REVERSAL_VOCAB) - 1}, got {i}")
+    return [REVERSAL_VOCAB[i] for i in ids]
+
+
+def ids_to_digits(ids) -> str:
+    """The digits of a sequence of ids as a string, up to (not including) its first ``<eos>``.
+
+    ``<pad>`` and ``<bos>`` are skipped: ``[1, 8, 6, 2, 0]`` -> ``"53"``.
+    """
+    out = []
+    for token in ids_to_tokens(ids):
+        if token == "<eos>":
+            break
+        if token.isdigit():
+            out.append(token)
+    return "".join(out)
+
+
+def reverse_with_eos(src: torch.Tensor, pad_id: int = PAD_ID, eos_id: int = EOS_ID) -> torch.Tensor:
+    """The reversal targets of right-padded sources: each row's tokens backwards, then EOS, then padding.
+
+    Args:
+        src: (B, S) token ids, each row its tokens followed by ``pad_id`` only.
+
+    Returns:
+        (B, S + 1) token ids: ``[x_{L-1}, ..., x_0, EOS, PAD, ...]`` for a row of length L.
+    """
+    sizes = check_shape(src, "B S", name="src", dtype="int")
+    S = sizes["S"]
+    real = src != pad_id  # (B, S)
+    lengths = real.sum(dim=1)  # (B,)
+    if not torch.equal(real, torch.arange(S, device=src.device) < lengths[:, None]):
+        raise ValueError("src: expected right padding (tokens first, then only pad_id)")
+    t = torch.arange(S + 1, device=src.device)  # target positions 0 ... S
+    source_index = (lengths[:, None] - 1 - t).clamp(min=0, max=max(S - 1, 0))  # (B, S + 1): L-1-t
+    padded = torch.cat([src, torch.full_like(src[:, :1], pad_id)], dim=1)  # (B, S + 1), so gather fits
+    copied = padded.gather(1, source_index)
+    out = torch.where(t < lengths[:, None], copied, torch.full_like(copied, pad_id))
+    return out.masked_fill(t == lengths[:, None], eos_id)
+
+
+@dataclass(frozen=True)
+class ReversalBatch:
+    """A batch of the reversal task (every tensor ``torch.long``).
+
+    Attributes:
+        src: (B, S) digit ids, right-padded with ``PAD_ID`` to S = the longest allowed length.
+        tgt: (B, S + 1) the same digits backwards, then ``EOS_ID``, then ``PAD_ID``.
+        lengths: (B,) the number of digits of each row.
+    """
+
+    src: torch.Tensor
+    tgt: torch.Tensor
+    lengths: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.src.shape[0]
+
+    def digits(self, b: int = 0) -> str:
+        """Row ``b``'s source digits as a string, e.g. ``"31415"``."""
+        return ids_to_digits(self.src[b])
+
+    def sequences(self) -> set[tuple[int, ...]]:
+        """Every row's source ids without padding, as tuples (pass to ``exclude=`` to hold them out)."""
+        return {tuple(row[:n].tolist()) for row, n in zip(self.src, self.lengths.tolist())}
+
+
+def _draw_rows(n: int, min_len: int, max_len: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
+    digits = torch.randint(0, 10, (n, max_len), generator=generator)
+    real = torch.arange(max_len) < lengths[:, None]
+    return torch.where(real, digits + DIGIT_OFFSET, torch.full_like(digits, PAD_ID)), lengths
+
+
+def make_reversal_batch(batch_size: int, min_len: int = 3, max_len: int = 8,
+                        generator: torch.Generator | None = None,
+                        exclude: set[tuple[int, ...]] | None = None) -> ReversalBatch:
+    """Draw ``batch_size`` random digit strings (lengths ``min_len`` to ``max_len``) and their reversals.
+
+    Args:
+        batch_size: B.
+        min_len, max_len: the range of lengths, both included (1 <= min_len <= max_len).
+        generator: a seeded ``torch.Generator`` for reproducible batches (None: torch's global one).
+        exclude: source id tuples that must not occur (e.g. ``test.sequences()`` of a held-out set):
+            a row that draws one is drawn again.
+
+    Returns:
+        A :class:`ReversalBatch` with ``src`` (B, max_len) and ``tgt`` (B, max_len + 1).
+    """
+    _positive_int("batch_size", batch_size)
+    _positive_int("min_len", min_len)
+    _positive_int("max_len", max_len)
+    if min_len > max_len:
+        raise ValueError(f"min_len={min_len} must not exceed max_len={max_len}")
+    src, lengths = _draw_rows(batch_size, min_len, max_len, generator)
+    if exclude:
+        for _ in range(100):
+            bad = [b for b in range(batch_size) if tuple(src[b, :lengths[b]].tolist()) in exclude]
+            if not bad:
+                break
+            src[bad], lengths[bad] = _draw_rows(len(bad), min_len, max_len, generator)
+        else:
+            raise ValueError("exclude holds (nearly) every sequence of these lengths: nothing left to draw")
+    return ReversalBatch(src=src, tgt=reverse_with_eos(src), lengths=lengths)
+
+
+def build_reversal_model(seed: int = 0, d_model: int = 64, h: int = 4, num_layers: int = 2, d_ff: int = 256,
+                         dropout: float = 0.0, **kwargs):
+    """A :class:`~course_lib.transformer.Seq2SeqTransformer` for the reversal task, the same on every run.
+
+    ``num_layers`` encoder blocks and as many decoder blocks; the vocabulary is ``REVERSAL_VOCAB``
+    (V = 13) on both sides; further keyword arguments go to ``Seq2SeqTransformer``. The weights are
+    drawn from torch's generator seeded with ``seed``; the two embedding tables are then drawn once
+    more, source first, from their own generator (std d_model^-0.5, as the model draws them), so that
+    which table gets which numbers never depends on anything but ``seed``.
+    """
+    from course_lib.transformer import Seq2SeqTransformer
+
+    V = len(REVERSAL_VOCAB)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Seq2SeqTransformer(V, V, d_model=d_model, h=h, num_encoder_layers=num_layers,
+                                   num_decoder_layers=num_layers, d_ff=d_ff, dropout=dropout, pad_id=PAD_ID,
+                                   **kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for embedding in dict.fromkeys([model.src_embed, model.tgt_embed]):  # in this order, each table once
+            embedding.weight.normal_(0.0, d_model ** -0.5, generator=generator)
+    return model
+
+
+def seq2seq_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = PAD_ID,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the target positions that are not padding.
+
+    Args:
+        logits: (B, T, V). targets: (B, T) token ids; positions equal to ``pad_id`` are ignored.
+        label_smoothing: 0 for plain cross-entropy (see ``torch.nn.functional.cross_entropy``).
+
+    Returns:
+        A 0-dimensional tensor; ``log(V)`` for a model that guesses uniformly.
+    """
+    sizes = check_shape(logits, "B T V", name="logits", dtype="float")
+    check_shape(targets, "B T", name="targets", dtype="int", B=sizes["B"], T=sizes["T"])
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, sizes["V"]), targets.reshape(-1),
+                                             ignore_index=pad_id, label_smoothing=label_smoothing)
+
+
+def warmup_then_linear_decay(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor at ``step`` (0-based): rises linearly to 1 over ``warmup`` steps, then
+    falls linearly to 0 at ``total``. Multiply the peak learning rate by it (``LambdaLR`` does).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_reversal(model, steps: int = 600, batch_size: int = 64, lr: float = 1e-3, warmup: int = 100,
+                   min_len: int = 3, max_len: int = 8, seed: int = 0,
+                   exclude: set[tuple[int, ...]] | None = None, label_smoothing: float = 0.0,
+                   weight_decay: float = 0.01) -> list[float]:
+    """Train a :class:`~course_lib.transformer.Seq2SeqTransformer` to reverse digit strings.
+
+    Each step draws a fresh batch, feeds the decoder the shifted targets (teacher forcing,
+    ``shift_right(tgt, BOS_ID)``) and takes one AdamW step on :func:`seq2seq_loss`; the learning
+    rate follows :func:`warmup_then_linear_decay`. Batches come from a generator seeded with
+    ``seed``, so a run is reproducible (initial weights come from torch's global generator).
+
+    Returns:
+        The loss of every step (``steps`` floats).
+    """
+    from course_lib.transformer import shift_right
+
+    _positive_int("steps", steps)
+    _positive_int("batch_size", batch_size)
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= steps:
+        raise ValueError(f"warmup must be an int in 0..steps={steps}, got {warmup!r}")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_then_linear_decay(s, warmup, steps))
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = make_reversal_batch(batch_size, min_len, max_len, generator, exclude)
+        logits = model(batch.src, shift_right(batch.tgt, BOS_ID))  # (B, T, V)
+        loss = seq2seq_loss(logits, batch.tgt, label_smoothing=label_smoothing)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate_reversal(model, batch: ReversalBatch) -> dict[str, float]:
+    """How well ``model`` reverses ``batch`` when it generates on its own (greedy decoding).
+
+    Returns:
+        ``{"exact_match": ..., "token_accuracy": ..., "loss": ...}``: the fraction of rows whose
+        whole output (digits and EOS) is right, the fraction of target tokens (EOS included, padding
+        not) that are right, and the teacher-forced loss.
+    """
+    from course_lib.transformer import greedy_decode, shift_right
+
+    model.eval()
+    T = batch.tgt.shape[1]
+    out = greedy_decode(model, batch.src, BOS_ID, EOS_ID, max_len=T)  # (B, L), L <= T
+    out = torch.nn.functional.pad(out, (0, T - out.shape[1]), value=PAD_ID)  # (B, T)
+    real = batch.tgt != PAD_ID
+    right = (out == batch.tgt) | ~real
+    loss = seq2seq_loss(model(batch.src, shift_right(batch.tgt, BOS_ID)), batch.tgt)
+    return {"exact_match": right.all(dim=1).float().mean().item(),
+            "token_accuracy": ((out == batch.tgt) & real).sum().item() / real.sum().item(),
+            "loss": loss.item()}

@@ -150,7 +150,7 @@ class Seq2SeqTransformer(nn.Module):
         self.d_model, self.pad_id = d_model, pad_id
         self.src_embed = nn.Embedding(src_vocab, d_model)
         self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model)
-        for embedding in {self.src_embed, self.tgt_embed}:
+        for embedding in dict.fromkeys([self.src_embed, self.tgt_embed]):  # fixed order, each table once
             nn.init.normal_(embedding.weight, std=d_model ** -0.5)
         self.positions = SinusoidalPositionalEncoding(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -214,3 +214,234 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, bos_id: int, eos
 def count_parameters(module: nn.Module) -> int:
     """Number of distinct trainable parameters (a shared matrix counts once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# --- pictures and read-outs (notebook 09) ----------------------------------------------------------------
+
+@torch.no_grad()
+def cross_attention_weights(model: Seq2SeqTransformer, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    """Every decoder layer's cross-attention weights for a teacher-forced pass.
+
+    Args:
+        model: a :class:`Seq2SeqTransformer` (put it in ``eval()`` mode for dropout-free weights).
+        src: (B, S) source ids. tgt_in: (B, T) decoder input ids (BOS first).
+
+    Returns:
+        (L, B, h, T, S): layer l, sequence b, head i, row t = where decoder position t looked in the source.
+    """
+    check_shape(src, "B S", name="src", dtype="int")
+    check_shape(tgt_in, "B T", name="tgt_in", dtype="int", B=src.shape[0])
+    model(src, tgt_in)
+    return torch.stack([layer.cross_weights for layer in model.transformer.decoder_layers])
+
+
+def plot_cross_attention(weights: torch.Tensor, src_labels, tgt_labels, title: str | None = None,
+                         layer_names=None, head_names=None):
+    """A grid of cross-attention heatmaps for one example: a row of panels per layer, a column per head.
+
+    Args:
+        weights: (L, h, T, S), e.g. ``cross_attention_weights(...)[:, b]``; (T, S) draws one panel.
+        src_labels: S source tokens (columns). tgt_labels: T labels for the decoder positions (rows).
+        title: the figure's title.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from course_lib.attention import plot_attention
+
+    if weights.dim() == 2:
+        weights = weights[None, None]
+    sizes = check_shape(weights, "L h T S", name="weights")
+    L, h, T, S = (sizes[k] for k in ("L", "h", "T", "S"))
+    if len(src_labels) != S or len(tgt_labels) != T:
+        raise ValueError(f"expected {S} source labels and {T} target labels, got {len(src_labels)} and {len(tgt_labels)}")
+    layer_names = layer_names or [f"layer {i + 1}" for i in range(L)]
+    head_names = head_names or [f"head {j + 1}" for j in range(h)]
+    panel_w, panel_h = 0.32 * S + 1.1, 0.3 * T + 1.0
+    fig, axes = plt.subplots(L, h, figsize=(panel_w * h + 0.6, panel_h * L + 0.6), squeeze=False)
+    for i in range(L):
+        for j in range(h):
+            ax = axes[i, j]
+            plot_attention(weights[i, j], list(tgt_labels), list(src_labels), ax=ax, colorbar=False,
+                           annotate=False, title=f"{layer_names[i]}, {head_names[j]}",
+                           xlabel="source" if i == L - 1 else "", ylabel="output" if j == 0 else "")
+            if j:
+                ax.set_yticklabels([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _box(ax, x, y, w, h, text, colour, fontsize=9.5, weight="normal", fill_alpha=0.18):
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.12",
+                                facecolor=colour, alpha=fill_alpha, edgecolor="none"))
+    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.12",
+                                facecolor="none", edgecolor=colour, linewidth=1.4))
+    ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, fontweight=weight)
+
+
+def _arrow(ax, start, end, label=None, side="right", colour="#444444", rad=0.0):
+    ax.annotate("", xy=end, xytext=start,
+                arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.3, shrinkA=0, shrinkB=0,
+                                connectionstyle=f"arc3,rad={rad}"))
+    if label:
+        x, y = (start[0] + end[0]) / 2, (start[1] + end[1]) / 2
+        dx = 0.12 if side == "right" else -0.12
+        ax.text(x + dx, y, label, ha="left" if side == "right" else "right", va="center", fontsize=8.5,
+                color="#222222", family="monospace")
+
+
+def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int = 13, h: int = 4,
+                   num_encoder_layers: int = 2, num_decoder_layers: int = 2, ax=None):
+    """The encoder–decoder Transformer as boxes and arrows, with the tensor shape on every arrow.
+
+    Source ids (B, S) go up the encoder on the left, the shifted target ids (B, T) up the decoder on
+    the right; the encoder's output (the memory, (B, S, d_model)) enters every decoder block's
+    cross-attention; the decoder ends in logits (B, T, V). Each shape is written with its names
+    and with the numbers given here.
+
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    for name, value in (("B", B), ("S", S), ("T", T), ("d_model", d_model), ("V", V), ("h", h),
+                        ("num_encoder_layers", num_encoder_layers), ("num_decoder_layers", num_decoder_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(12, 11))
+    from course_lib.plotting import PALETTE
+
+    blue, orange, green, red = PALETTE[:4]
+
+    def shape(names, values):
+        return f"({', '.join(names)}) = ({', '.join(str(v) for v in values)})"
+
+    ids_s, ids_t = shape(["B", "S"], [B, S]), shape(["B", "T"], [B, T])
+    vec_s, vec_t = shape(["B", "S", "d_model"], [B, S, d_model]), shape(["B", "T", "d_model"], [B, T, d_model])
+    logits = shape(["B", "T", "V"], [B, T, V])
+    w, bh = 3.9, 0.75  # box width and height
+    xe, xd = 2.6, 10.0  # centres of the encoder and decoder columns
+    y_ids, y_emb, y_pos, y_out = 0.4, 2.2, 4.0, 12.4
+    # the block stacks: encoder 2 sublayers, decoder 3
+    enc_sub = (7.0, 9.0)
+    dec_sub = (6.5, 8.2, 9.9)
+    y_blk_lo, y_blk_hi = 5.55, 10.85
+    for x, ids, vec, kind, colour in ((xe, ids_s, vec_s, "source", blue), (xd, ids_t, vec_t, "target", orange)):
+        first = "source token ids\n(digits, then <pad>)" if kind == "source" else "decoder input ids\n(<bos> + target shifted right)"
+        _box(ax, x, y_ids, w, bh, first, "#777777")
+        _arrow(ax, (x, y_ids + bh / 2), (x, y_emb - bh / 2), ids)
+        _box(ax, x, y_emb, w, bh, "token embedding × √d_model\n(V rows of d_model numbers)", colour)
+        _arrow(ax, (x, y_emb + bh / 2), (x, y_pos - bh / 2), vec)
+        _box(ax, x, y_pos, w, bh, "+ sinusoidal positional encoding", colour)
+        _arrow(ax, (x, y_pos + bh / 2), (x, y_blk_lo), vec)
+    # encoder block
+    from matplotlib.patches import FancyBboxPatch
+
+    for x, colour, n, label_side in ((xe, blue, num_encoder_layers, -1), (xd, orange, num_decoder_layers, 1)):
+        ax.add_patch(FancyBboxPatch((x - w / 2 - 0.25, y_blk_lo), w + 0.5, y_blk_hi - y_blk_lo,
+                                    boxstyle="round,pad=0.02,rounding_size=0.2", facecolor="none",
+                                    edgecolor=colour, linewidth=1.8, linestyle="--"))
+        kind = "encoder" if x == xe else "decoder"
+        ax.text(x + label_side * (w / 2 + 0.45), (y_blk_lo + y_blk_hi) / 2, f"{kind}\nblock\n× {n}",
+                ha="right" if label_side < 0 else "left", va="center", fontsize=10, fontweight="bold", color=colour)
+    sub_h = 0.95
+    _box(ax, xe, enc_sub[0], w, sub_h, f"self-attention, {h} heads\n(mask: source padding)\n+ residual, LayerNorm", blue,
+         fontsize=8.5)
+    _box(ax, xe, enc_sub[1], w, sub_h, "feed-forward\n+ residual, LayerNorm", blue, fontsize=8.5)
+    inner_s, inner_t = "(B, S, d_model)", "(B, T, d_model)"  # names only: no room inside the blocks
+    _arrow(ax, (xe, enc_sub[0] + sub_h / 2), (xe, enc_sub[1] - sub_h / 2), inner_s)
+    _box(ax, xd, dec_sub[0], w, 0.85, "masked self-attention\n(mask: causal + target padding)\n+ residual, LayerNorm",
+         orange, fontsize=8.5)
+    _box(ax, xd, dec_sub[1], w, 0.85, "cross-attention: queries from here,\nkeys/values = memory\n+ residual, LayerNorm",
+         green, fontsize=8.5)
+    _box(ax, xd, dec_sub[2], w, 0.85, "feed-forward\n+ residual, LayerNorm", orange, fontsize=8.5)
+    _arrow(ax, (xd, dec_sub[0] + 0.425), (xd, dec_sub[1] - 0.425), inner_t)
+    _arrow(ax, (xd, dec_sub[1] + 0.425), (xd, dec_sub[2] - 0.425), inner_t)
+    # stack outputs and final norms
+    _arrow(ax, (xe, y_blk_hi), (xe, y_out - bh / 2), vec_s)
+    _box(ax, xe, y_out, w, bh, "final LayerNorm\n→ memory", blue)
+    _arrow(ax, (xd, y_blk_hi), (xd, y_out - bh / 2), vec_t)
+    _box(ax, xd, y_out, w, bh, "final LayerNorm", orange)
+    # memory into cross-attention: right from the encoder's output, down, right into the cross-attention box
+    x_turn = xe + w / 2 + 1.35
+    ax.plot([xe + w / 2, x_turn, x_turn], [y_out, y_out, dec_sub[1]], color=green, lw=1.8)
+    ax.annotate("", xy=(xd - w / 2, dec_sub[1]), xytext=(x_turn, dec_sub[1]),
+                arrowprops=dict(arrowstyle="-|>", color=green, lw=1.8, shrinkA=0, shrinkB=0))
+    ax.text(x_turn + 0.12, dec_sub[1] + 1.5, f"memory\n(B, S, d_model)\n= ({B}, {S}, {d_model})\nto every\ndecoder block",
+            ha="left", va="center", fontsize=8.5, color="#222222", family="monospace")
+    # unembedding
+    y_lin, y_soft, y_top = 14.2, 16.0, 17.5
+    _arrow(ax, (xd, y_out + bh / 2), (xd, y_lin - bh / 2), vec_t)
+    _box(ax, xd, y_lin, w, bh, "unembedding: linear d_model → V\n(optionally tied to the embedding)", red,
+         fontsize=8.5)
+    _arrow(ax, (xd, y_lin + bh / 2), (xd, y_soft - bh / 2), logits + "  logits")
+    _box(ax, xd, y_soft, w, bh, "softmax over the V tokens", red)
+    _arrow(ax, (xd, y_soft + bh / 2), (xd, y_top), logits + "  probabilities")
+    ax.text(xd, y_top + 0.3, "next-token probabilities at every target position", ha="center", va="bottom",
+            fontsize=9.5, fontweight="bold")
+    ax.text(xe, y_out + 1.4, "ENCODER\nreads the whole source\nat once (no causal mask)", ha="center", va="bottom",
+            fontsize=10, color=blue, fontweight="bold")
+    ax.set_xlim(-0.6, 15.2)
+    ax.set_ylim(-0.3, 18.4)
+    ax.axis("off")
+    ax.set_title(f"The encoder–decoder Transformer: B={B}, S={S}, T={T}, d_model={d_model}, V={V}, h={h}",
+                 fontsize=12)
+    return ax
+
+
+#: From sequence-to-sequence models to pre-trained Transformers: (year as a decimal of its first public
+#: version, authors, title, what it brought). Used by :func:`plot_timeline`.
+MILESTONES: tuple[tuple[float, str, str, str], ...] = (
+    (2014.69, "Sutskever, Vinyals & Le 2014", "Sequence to sequence learning with neural networks",
+     "encoder–decoder LSTMs: the whole source\nsqueezed into one vector"),
+    (2014.67, "Bahdanau, Cho & Bengio 2014/15", "Neural machine translation by jointly learning to align and translate",
+     "additive attention: the decoder looks\nback at every source position"),
+    (2015.60, "Luong, Pham & Manning 2015", "Effective approaches to attention-based neural machine translation",
+     "dot-product (multiplicative)\nand local attention"),
+    (2017.45, "Vaswani et al. 2017", "Attention is all you need",
+     "the Transformer: attention only,\nno recurrence; encoder–decoder"),
+    (2018.45, "Radford et al. 2018", "Improving language understanding by generative pre-training",
+     "GPT: a decoder-only Transformer,\npre-trained to predict the next token"),
+    (2018.78, "Devlin et al. 2018", "BERT: pre-training of deep bidirectional transformers",
+     "BERT: an encoder-only Transformer,\npre-trained to fill in masked words"),
+)
+
+
+def plot_timeline(ax=None):
+    """The milestones from sequence-to-sequence learning (2014) to GPT and BERT (2018) on a time axis.
+
+    Returns:
+        The matplotlib Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from course_lib.plotting import PALETTE
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(13, 4.2))
+    levels = (2.2, -2.3, 2.2, -2.3, 2.2, -2.3)
+    shifts = (-0.5, -0.1, 0.45, 0.0, -0.2, 0.25)  # keep neighbouring labels apart
+    ax.axhline(0, color="#444444", lw=1.5, zorder=1)
+    for (year, who, title, what), level, shift, colour in zip(sorted(MILESTONES), levels, shifts, PALETTE):
+        ax.plot([year, year + shift], [0, level * 0.8], color=colour, lw=1.2, zorder=1)
+        ax.scatter([year], [0], s=60, color=colour, zorder=2)
+        va = "bottom" if level > 0 else "top"
+        ax.text(year + shift, level * 0.8 + (0.08 if level > 0 else -0.08), f"{who}\n{what}", ha="center", va=va,
+                fontsize=8.8, color="#222222",
+                bbox=dict(boxstyle="round,pad=0.3", facecolor="white", edgecolor=colour, linewidth=1.2))
+    for year in range(2014, 2020):
+        ax.text(year, -0.12, str(year), ha="center", va="top", fontsize=9, color="#555555")
+        ax.plot([year, year], [-0.06, 0.06], color="#444444", lw=1)
+    ax.set_xlim(2013.6, 2019.4)
+    ax.set_ylim(-3.3, 3.3)
+    ax.axis("off")
+    ax.set_title("From sequence-to-sequence learning to pre-trained Transformers (first public versions)",
+                 fontsize=12)
+    return ax

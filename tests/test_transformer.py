@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -23,7 +25,9 @@ def test_decoder_block_matches_pytorch(norm_first):
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_transformer_matches_pytorch(norm_first):
     torch.manual_seed(0)
-    theirs = nn.Transformer(8, 2, 2, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
+    with warnings.catch_warnings():  # PyTorch notes that its nested-tensor fast path is off for pre-LN
+        warnings.simplefilter("ignore", UserWarning)
+        theirs = nn.Transformer(8, 2, 2, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
     ours = Transformer(8, 2, 2, 2, 16, dropout=0.0, norm_first=norm_first).load_from_torch(theirs).eval()
     src, tgt = torch.randn(2, 5, 8), torch.randn(2, 4, 8)
     src_ignore = torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
@@ -96,3 +100,89 @@ def test_greedy_decode_stops_at_eos_and_pads_after(monkeypatch):
 
 def test_default_size_is_the_translation_model():
     assert count_parameters(Seq2SeqTransformer(8000, 8000, share_embeddings=True)) == 7_578_624
+
+
+# --- notebook 09's read-outs and pictures ----------------------------------------------------------------
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from course_lib.transformer import (MILESTONES, cross_attention_weights, plot_cross_attention,  # noqa: E402
+                                    plot_data_flow, plot_timeline)
+
+@pytest.fixture
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_cross_attention_weights_are_every_layers_and_respect_padding():
+    model = _model()
+    src = torch.tensor([[4, 5, 6, 0, 0], [7, 8, 9, 10, 11]])
+    tgt_in = torch.tensor([[1, 6, 5], [1, 11, 10]])
+    weights = cross_attention_weights(model, src, tgt_in)
+    assert weights.shape == (2, 2, 2, 3, 5)  # (L, B, h, T, S)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 2, 3))
+    assert (weights[:, 0, :, :, 3:] == 0).all()  # padding of the first source gets no weight
+    # the last layer's weights are what that layer recorded
+    assert torch.equal(weights[-1], model.transformer.decoder_layers[-1].cross_weights)
+    # recomputed by hand from the first decoder layer's inputs
+    memory, src_mask = model.encode(src)
+    layer = model.transformer.decoder_layers[0]
+    x = model._embed(tgt_in, model.tgt_embed)
+    h = layer.norm1(x)
+    x = x + layer.self_attn(h, mask=model.target_mask(tgt_in))[0]
+    _, by_hand = layer.cross_attn(layer.norm2(x), memory, memory, mask=src_mask)
+    assert torch.allclose(weights[0], by_hand, atol=1e-6)
+    with pytest.raises(ValueError, match="tgt_in: expected B=2"):
+        cross_attention_weights(model, src, tgt_in[:1])
+
+
+def test_plot_cross_attention_draws_a_panel_per_layer_and_head(_close_figures):
+    weights = torch.softmax(torch.randn(2, 3, 4, 5), dim=-1)
+    fig = plot_cross_attention(weights, list("abcde"), list("wxyz"), title="a title")
+    assert len(fig.axes) == 6 and fig._suptitle.get_text() == "a title"
+    assert fig.axes[0].get_title() == "layer 1, head 1" and fig.axes[5].get_title() == "layer 2, head 3"
+    assert [t.get_text() for t in fig.axes[3].get_xticklabels()] == list("abcde")
+    assert len(plot_cross_attention(weights[0, 0], list("abcde"), list("wxyz")).axes) == 1  # one (T, S) map
+    with pytest.raises(ValueError, match="expected 5 source labels and 4 target labels"):
+        plot_cross_attention(weights, list("abc"), list("wxyz"))
+
+
+def test_plot_data_flow_puts_a_shape_on_every_arrow(_close_figures):
+    ax = plot_data_flow(B=2, S=8, T=9, d_model=64, V=13)
+    texts = [t.get_text() for t in ax.texts]
+    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    shapes = [t for t in texts if t.startswith("(B")]
+    assert len(shapes) >= len(arrows) - 1  # every arrow but the memory arrow, labelled in its own text
+    assert any("memory" in t and "(2, 8, 64)" in t for t in texts)
+    for expected in ("(B, S) = (2, 8)", "(B, T) = (2, 9)", "(B, S, d_model) = (2, 8, 64)",
+                     "(B, T, V) = (2, 9, 13)  logits"):
+        assert expected in texts
+    assert "B=2, S=8, T=9, d_model=64, V=13" in ax.get_title()
+    with pytest.raises(ValueError, match="d_model must be a positive int"):
+        plot_data_flow(d_model=0)
+
+
+def test_timeline_has_the_six_milestones_in_order(_close_figures):
+    years = [m[0] for m in MILESTONES]
+    assert len(MILESTONES) == 6 and all(2014 <= y < 2019 for y in years)
+    names = " ".join(m[1] for m in MILESTONES)
+    for who in ("Sutskever", "Bahdanau", "Luong", "Vaswani", "Radford", "Devlin"):
+        assert who in names
+    vaswani = next(m for m in MILESTONES if "Vaswani" in m[1])
+    assert all(m[0] > vaswani[0] for m in MILESTONES if "Radford" in m[1] or "Devlin" in m[1])
+    ax = plot_timeline()
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert all(m[1] in texts for m in MILESTONES) and "2017" in texts
+
+
+def test_separate_embeddings_are_seeded_in_a_fixed_order():
+    torch.manual_seed(0)
+    a = Seq2SeqTransformer(20, 30, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1, d_ff=32)
+    torch.manual_seed(0)
+    b = Seq2SeqTransformer(20, 30, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1, d_ff=32)
+    assert torch.equal(a.src_embed.weight, b.src_embed.weight) and torch.equal(a.tgt_embed.weight, b.tgt_embed.weight)
