@@ -107,6 +107,20 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return weights @ v, weights
 
 
+def resolve_labels(sizes: dict[str, int], query_labels: Sequence[str] | None,
+                   key_labels: Sequence[str] | None) -> Sequence[str] | None:
+    """Check row/column labels of a (T_q, T_k) matrix; keys default to the queries' labels when square.
+
+    Returns the key labels to use. Raises ValueError naming the axis whose label count is wrong.
+    """
+    if key_labels is None and query_labels is not None and sizes["T_q"] == sizes["T_k"]:
+        key_labels = query_labels
+    for labels, axis in ((query_labels, "T_q"), (key_labels, "T_k")):
+        if labels is not None and len(labels) != sizes[axis]:
+            raise ValueError(f"expected {sizes[axis]} labels for {axis}, got {len(labels)}")
+    return key_labels
+
+
 def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = None,
                    key_labels: Sequence[str] | None = None, ax=None, title: str | None = None,
                    annotate: bool | None = None, cmap: str = "Blues", colorbar: bool = True,
@@ -128,11 +142,7 @@ def plot_attention(weights: torch.Tensor, query_labels: Sequence[str] | None = N
 
     sizes = check_shape(weights, "T_q T_k", name="weights")
     w = weights.detach().float().cpu()
-    if key_labels is None and query_labels is not None and sizes["T_q"] == sizes["T_k"]:
-        key_labels = query_labels
-    for labels, axis in ((query_labels, "T_q"), (key_labels, "T_k")):
-        if labels is not None and len(labels) != sizes[axis]:
-            raise ValueError(f"expected {sizes[axis]} labels for {axis}, got {len(labels)}")
+    key_labels = resolve_labels(sizes, query_labels, key_labels)
     if ax is None:
         size = (max(3.0, 0.55 * sizes["T_k"] + 1.6), max(2.5, 0.5 * sizes["T_q"] + 1.0))
         _, ax = plt.subplots(figsize=size)

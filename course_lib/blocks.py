@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from course_lib.multihead import MultiHeadAttention
-from course_lib.shapes import check_shape
+from course_lib.shapes import check_int, check_shape
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -102,12 +102,6 @@ def _positive_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -261,7 +255,7 @@ def init_gradient_norms(depth: int, norm_first: bool, d_model: int = 64, h: int 
     Returns:
         (depth,): the root mean square over seeds of each layer's gradient norm.
     """
-    depth, n_seeds = _positive_int("depth", depth), _positive_int("n_seeds", n_seeds)
+    depth, n_seeds = check_int(depth, "depth", 1), check_int(n_seeds, "n_seeds", 1)
     if not isinstance(norm_first, bool):
         raise TypeError(f"norm_first must be True or False, got {norm_first!r}")
     squares = torch.zeros(depth)
@@ -323,7 +317,7 @@ def plot_normalised_slice(kind: str, B: int = 3, T: int = 4, d_model: int = 5, a
     if kind not in ("layer", "batch"):
         raise ValueError(f"kind must be 'layer' or 'batch', got {kind!r}")
     for name, value in (("B", B), ("T", T), ("d_model", d_model)):
-        _positive_int(name, value)
+        check_int(value, name, 1)
     b, t = token
     if not (0 <= b < B and 0 <= t < T and 0 <= feature < d_model):
         raise ValueError(f"token {token} or feature {feature} is outside (B={B}, T={T}, d_model={d_model})")

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 
+from course_lib.attention import resolve_labels
 from course_lib.shapes import check_int, check_shape
 
 NEG_INF = float("-inf")
@@ -288,11 +289,7 @@ def plot_mask(mask: torch.Tensor, query_labels: Sequence[str] | None = None,
     if mask.dim() == 1:
         mask = mask[None, :]
     sizes = check_shape(mask, "T_q T_k", name="mask")
-    if key_labels is None and query_labels is not None and sizes["T_q"] == sizes["T_k"]:
-        key_labels = query_labels
-    for labels, axis in ((query_labels, "T_q"), (key_labels, "T_k")):
-        if labels is not None and len(labels) != sizes[axis]:
-            raise ValueError(f"expected {sizes[axis]} labels for {axis}, got {len(labels)}")
+    key_labels = resolve_labels(sizes, query_labels, key_labels)
     if ax is None:
         _, ax = plt.subplots(figsize=(max(2.5, 0.5 * sizes["T_k"] + 1.5), max(1.5, 0.5 * sizes["T_q"] + 1.0)))
     grid = mask.detach().cpu().numpy().astype(float)

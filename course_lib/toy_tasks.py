@@ -23,16 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from course_lib.attention import SingleHeadAttention
-from course_lib.shapes import check_shape
+from course_lib.shapes import check_int, check_shape
 
 #: Names of the keys: ``a``, ``b``, ... (at most 26 keys).
 KEY_NAMES: str = string.ascii_lowercase
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ def make_retrieval_batch(batch_size: int, n_pairs: int = 8, n_queries: int = 4, 
     """
     for name, value in (("batch_size", batch_size), ("n_pairs", n_pairs), ("n_queries", n_queries),
                         ("n_keys", n_keys), ("n_values", n_values)):
-        _positive_int(name, value)
+        check_int(value, name, 1)
     if n_keys > len(KEY_NAMES):
         raise ValueError(f"n_keys must be at most {len(KEY_NAMES)} (keys are named a to z), got {n_keys}")
     if n_pairs > n_keys:
@@ -114,7 +108,7 @@ class KeyValueRetriever(torch.nn.Module):
                  share_qk: bool = False):
         super().__init__()
         for name, value in (("n_keys", n_keys), ("n_values", n_values), ("d_model", d_model), ("d_k", d_k)):
-            _positive_int(name, value)
+            check_int(value, name, 1)
         self.n_keys, self.n_values = n_keys, n_values
         self.key_embedding = torch.nn.Embedding(n_keys, d_model)
         self.value_embedding = torch.nn.Embedding(n_values, d_model)
@@ -170,8 +164,8 @@ def train_retriever(model: KeyValueRetriever, steps: int = 400, batch_size: int 
     Batches come from a ``torch.Generator`` seeded with ``seed``, so a run is reproducible
     (the model's initial weights come from torch's global generator, seeded by ``setup()``).
     """
-    _positive_int("steps", steps)
-    _positive_int("batch_size", batch_size)
+    check_int(steps, "steps", 1)
+    check_int(batch_size, "batch_size", 1)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -336,9 +330,9 @@ def make_reversal_batch(batch_size: int, min_len: int = 3, max_len: int = 8,
     Returns:
         A :class:`ReversalBatch` with ``src`` (B, max_len) and ``tgt`` (B, max_len + 1).
     """
-    _positive_int("batch_size", batch_size)
-    _positive_int("min_len", min_len)
-    _positive_int("max_len", max_len)
+    check_int(batch_size, "batch_size", 1)
+    check_int(min_len, "min_len", 1)
+    check_int(max_len, "max_len", 1)
     if min_len > max_len:
         raise ValueError(f"min_len={min_len} must not exceed max_len={max_len}")
     src, lengths = _draw_rows(batch_size, min_len, max_len, generator)
@@ -420,8 +414,8 @@ def train_reversal(model, steps: int = 600, batch_size: int = 64, lr: float = 1e
     """
     from course_lib.transformer import shift_right
 
-    _positive_int("steps", steps)
-    _positive_int("batch_size", batch_size)
+    check_int(steps, "steps", 1)
+    check_int(batch_size, "batch_size", 1)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= steps:

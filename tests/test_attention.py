@@ -205,3 +205,13 @@ def test_plot_attention_new_options():
     ax = plot_attention(w, ["the", "cat"], ["die", "Katze", "schläft"])
     assert len(ax.figure.axes) == 2 and ax.get_xlabel() == "key (attended to)"
     plt.close("all")
+
+
+def test_resolve_labels():
+    from course_lib.attention import resolve_labels
+
+    assert resolve_labels({"T_q": 2, "T_k": 2}, ["a", "b"], None) == ["a", "b"]  # square: keys = queries
+    assert resolve_labels({"T_q": 2, "T_k": 3}, ["a", "b"], None) is None  # not square: no key labels
+    assert resolve_labels({"T_q": 1, "T_k": 2}, None, ["x", "y"]) == ["x", "y"]
+    with pytest.raises(ValueError, match="expected 2 labels for T_k, got 1"):
+        resolve_labels({"T_q": 1, "T_k": 2}, None, ["x"])
