@@ -144,3 +144,16 @@ def test_check_mean_over_time_catches_wrong_axis_on_square_input_only():
 
     result = check_mean_over_time(sneaky)
     assert result.status == WRONG and "B=3, T=3, d_model=3" in result.message
+
+
+def test_a_mistake_that_cannot_happen_on_an_input_is_skipped_silently(recwarn):
+    # A known mistake that raises or warns on some inputs must neither crash the check nor print anything.
+    def noisy(x):
+        import warnings
+        warnings.warn("noise from a mistake")
+        raise RuntimeError("shapes do not fit")
+
+    mistakes = [Mistake("never applies", noisy), Mistake("you added 1", lambda x: x + 1)]
+    result = run(lambda x: x + 1, mistakes)
+    assert result.message.startswith("you added 1")
+    assert len(recwarn) == 0

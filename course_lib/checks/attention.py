@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -10,18 +9,6 @@ import torch
 from course_lib.attention import scaled_dot_product_attention
 from course_lib.checks.core import Case, CheckResult, Mistake, check_function
 from course_lib.shapes import check_shape
-
-
-def _quiet(make):
-    """A mistake that may not fit every input's shapes: None instead of an error, and no warnings."""
-    def wrong(*args):
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            try:
-                return make(*args)
-            except Exception:  # this mistake cannot happen on these shapes
-                return None
-    return wrong
 
 
 # --- exercise 1: attention in NumPy --------------------------------------------------------------------
@@ -80,56 +67,56 @@ def _numpy_cases() -> list[Case]:
 
 _NUMPY_MISTAKES = [
     Mistake("you forgot to transpose k: q @ k multiplies each query with the columns of k, not with the keys",
-            _quiet(lambda q, k, v: _np_softmax(q @ k / np.sqrt(q.shape[-1])) @ v),
+            lambda q, k, v: _np_softmax(q @ k / np.sqrt(q.shape[-1])) @ v,
             "the scores are q @ k.T, shape (T_q, T_k)"),
     Mistake("you took the softmax over axis 0, down the columns: each key's weights sum to 1 instead of "
             "each query's",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, axis=0)),
+            lambda q, k, v: _np_attention(q, k, v, axis=0),
             "row i holds query i's scores: use axis=-1 for the max and the sum"),
     Mistake("you returned the attention weights (T_q, T_k), not the output weights @ v (T_q, d_v)",
-            _quiet(lambda q, k, v: _np_weights(q, k)), "finish with weights @ v"),
+            lambda q, k, v: _np_weights(q, k), "finish with weights @ v"),
     Mistake("you multiplied in the wrong order: v @ weights instead of weights @ v",
-            _quiet(lambda q, k, v: v @ _np_weights(q, k)), "each output row mixes rows of v: weights @ v"),
+            lambda q, k, v: v @ _np_weights(q, k), "each output row mixes rows of v: weights @ v"),
     Mistake("you multiplied in the wrong order: weights.T @ v mixes the values with the weights of the keys "
             "instead of the queries",
-            _quiet(lambda q, k, v: _np_weights(q, k).T @ v), "weights @ v, with weights of shape (T_q, T_k)"),
+            lambda q, k, v: _np_weights(q, k).T @ v, "weights @ v, with weights of shape (T_q, T_k)"),
     Mistake("the scale is missing: you did not divide the scores by sqrt(d_k)",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1.0)), "scores = q @ k.T / np.sqrt(d_k)"),
+            lambda q, k, v: _np_attention(q, k, v, scale=1.0), "scores = q @ k.T / np.sqrt(d_k)"),
     Mistake("you divided the scores by d_k instead of sqrt(d_k)",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / q.shape[-1])),
+            lambda q, k, v: _np_attention(q, k, v, scale=1 / q.shape[-1]),
             "divide by np.sqrt(d_k), where d_k = q.shape[-1]"),
     Mistake("you multiplied the scores by sqrt(d_k) instead of dividing by it",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=np.sqrt(q.shape[-1]))),
+            lambda q, k, v: _np_attention(q, k, v, scale=np.sqrt(q.shape[-1])),
             "divide: scores = q @ k.T / np.sqrt(d_k)"),
     Mistake("you divided by the square root of the number of keys T_k (len(k) or k.shape[0]), not of d_k",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(k.shape[0]))),
+            lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(k.shape[0])),
             "d_k is the width of a key: k.shape[-1] (or q.shape[-1])"),
     Mistake("you divided by sqrt(d_v), the width of the values, instead of sqrt(d_k)",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(v.shape[-1]))),
+            lambda q, k, v: _np_attention(q, k, v, scale=1 / np.sqrt(v.shape[-1])),
             "d_k is the width of the queries and keys: q.shape[-1]"),
     Mistake("you applied the scale after the softmax: the weights must come from the scaled scores",
-            _quiet(lambda q, k, v: _np_attention(q, k, v, scale=1.0) / np.sqrt(q.shape[-1])),
+            lambda q, k, v: _np_attention(q, k, v, scale=1.0) / np.sqrt(q.shape[-1]),
             "divide the scores by sqrt(d_k), then take the softmax"),
     Mistake("you did not normalise: exp(scores) are not weights until each row is divided by its sum",
-            _quiet(lambda q, k, v: np.exp(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            lambda q, k, v: np.exp(q @ k.T / np.sqrt(q.shape[-1])) @ v,
             "weights = e / e.sum(axis=-1, keepdims=True)"),
     Mistake("overflow: np.exp of scores in the hundreds is inf, and inf / inf = nan",
-            _quiet(lambda q, k, v: (lambda e: e / e.sum(axis=-1, keepdims=True))(
-                np.exp(q @ k.T / np.sqrt(q.shape[-1]))) @ v),
+            lambda q, k, v: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(q @ k.T / np.sqrt(q.shape[-1]))) @ v,
             "subtract each row's maximum before np.exp: scores - scores.max(axis=-1, keepdims=True)"),
     Mistake("you subtracted the maximum of the whole score matrix: a row whose scores are far below it "
             "underflows to exp(...) = 0 everywhere, and then 0 / 0 = nan",
-            _quiet(lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
-                np.exp(s - s.max())))(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(s - s.max())))(q @ k.T / np.sqrt(q.shape[-1])) @ v,
             "subtract each row's own maximum: scores.max(axis=-1, keepdims=True)"),
     Mistake("you subtracted the row maxima without keepdims=True: the (T_q,) vector broadcast along the "
             "keys, so column j got row j's maximum",
-            _quiet(lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
-                np.exp(s - s.max(axis=-1))))(q @ k.T / np.sqrt(q.shape[-1])) @ v),
+            lambda q, k, v: (lambda s: (lambda e: e / e.sum(axis=-1, keepdims=True))(
+                np.exp(s - s.max(axis=-1))))(q @ k.T / np.sqrt(q.shape[-1])) @ v,
             "use scores.max(axis=-1, keepdims=True), shape (T_q, 1)"),
     Mistake("you divided by the row sums without keepdims=True: the (T_q,) vector broadcast along the keys",
-            _quiet(lambda q, k, v: (lambda e: e / e.sum(axis=-1))(
-                np.exp((lambda s: s - s.max(axis=-1, keepdims=True))(q @ k.T / np.sqrt(q.shape[-1])))) @ v),
+            lambda q, k, v: (lambda e: e / e.sum(axis=-1))(
+                np.exp((lambda s: s - s.max(axis=-1, keepdims=True))(q @ k.T / np.sqrt(q.shape[-1])))) @ v,
             "use e.sum(axis=-1, keepdims=True), shape (T_q, 1)"),
 ]
 
@@ -187,40 +174,40 @@ def _batched_cases() -> list[Case]:
 _BATCHED_MISTAKES = [
     Mistake("you used k.T on a 3-D tensor: .T reverses ALL axes, (B, T_k, d_k) -> (d_k, T_k, B), so the "
             "batch axis was swapped with the features",
-            _quiet(lambda q, k, v: torch.softmax(q @ k.permute(2, 1, 0) / math.sqrt(q.shape[-1]), dim=-1) @ v),
+            lambda q, k, v: torch.softmax(q @ k.permute(2, 1, 0) / math.sqrt(q.shape[-1]), dim=-1) @ v,
             "swap only the last two axes: k.transpose(-2, -1) (or k.mT)"),
     Mistake("you swapped the wrong axes of k: k.transpose(0, 2) turns (B, T_k, d_k) into (d_k, T_k, B)",
-            _quiet(lambda q, k, v: torch.softmax(q @ k.transpose(0, 2) / math.sqrt(q.shape[-1]), dim=-1) @ v),
+            lambda q, k, v: torch.softmax(q @ k.transpose(0, 2) / math.sqrt(q.shape[-1]), dim=-1) @ v,
             "swap the last two axes: k.transpose(-2, -1)"),
     Mistake("you took the softmax over dim=1, the query axis: for each key, the weights over the queries "
             "sum to 1, instead of each query's weights over the keys",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, dim=1)), "use dim=-1, the key axis"),
+            lambda q, k, v: _torch_attention(q, k, v, dim=1), "use dim=-1, the key axis"),
     Mistake("you took the softmax over dim=0, the batch axis: the weights were shared out between "
             "different sequences",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, dim=0)), "use dim=-1, the key axis"),
+            lambda q, k, v: _torch_attention(q, k, v, dim=0), "use dim=-1, the key axis"),
     Mistake("you mixed the sequences of the batch: every query attended to the keys of ALL B sequences "
             "(did you flatten the batch into one long sequence?)",
-            _quiet(_flattened), "keep the batch axis: q @ k.transpose(-2, -1) is (B, T_q, T_k)"),
+            _flattened, "keep the batch axis: q @ k.transpose(-2, -1) is (B, T_q, T_k)"),
     Mistake("you returned the attention weights (B, T_q, T_k), not the output weights @ v (B, T_q, d_v)",
-            _quiet(lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)),
+            lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1),
             "finish with weights @ v"),
     Mistake("the scale is missing: you did not divide the scores by sqrt(d_k)",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1.0)), "divide the scores by math.sqrt(d_k)"),
+            lambda q, k, v: _torch_attention(q, k, v, scale=1.0), "divide the scores by math.sqrt(d_k)"),
     Mistake("you divided the scores by d_k instead of sqrt(d_k)",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / q.shape[-1])),
+            lambda q, k, v: _torch_attention(q, k, v, scale=1 / q.shape[-1]),
             "divide by math.sqrt(d_k)"),
     Mistake("you read d_k as k.shape[1], which is T_k for a (B, T_k, d_k) tensor: you divided by sqrt(T_k)",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[1]))),
+            lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[1])),
             "d_k = q.shape[-1]: count axes from the end, so the code works with or without a batch axis"),
     Mistake("you read d_k as k.shape[0], which is the batch size B: you divided by sqrt(B)",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[0]))),
+            lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(k.shape[0])),
             "d_k = q.shape[-1]"),
     Mistake("you divided by sqrt(d_v), the width of the values, instead of sqrt(d_k)",
-            _quiet(lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(v.shape[-1]))),
+            lambda q, k, v: _torch_attention(q, k, v, scale=1 / math.sqrt(v.shape[-1])),
             "d_k = q.shape[-1]"),
     Mistake("overflow: torch.exp of scores in the hundreds is inf, and inf / inf = nan",
-            _quiet(lambda q, k, v: (lambda e: e / e.sum(dim=-1, keepdim=True))(
-                torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))) @ v),
+            lambda q, k, v: (lambda e: e / e.sum(dim=-1, keepdim=True))(
+                torch.exp(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))) @ v,
             "use torch.softmax(scores, dim=-1), or subtract each row's maximum before exp"),
 ]
 

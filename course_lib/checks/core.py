@@ -12,6 +12,7 @@ bottom): it returns a :class:`CheckResult` that Jupyter shows as a coloured box.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Callable, Sequence
@@ -137,6 +138,19 @@ def compare_answer(answer: Any, expected: Any, *, shape_names: str = "", rtol: f
     return None
 
 
+def _mistaken_answer(mistake: Mistake, case: Case) -> Any:
+    """What ``mistake`` would answer on ``case``; None when that mistake cannot happen on these shapes.
+
+    Runs silently: a mistake that overflows or warns must not print into the learner's notebook.
+    """
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            return mistake.make(*case.args, **case.kwargs)
+        except Exception:  # e.g. a wrong axis that does not broadcast for this input
+            return None
+
+
 def check_function(fn: Callable[..., Any], *, exercise: str, reference: Callable[..., Any],
                    cases: Sequence[Case], mistakes: Sequence[Mistake] = (), shape_names: str = "",
                    success: str = "matches the reference on every test input.", rtol: float = 1e-5,
@@ -171,7 +185,7 @@ def check_function(fn: Callable[..., Any], *, exercise: str, reference: Callable
         if problem is None:
             continue
         for mistake in mistakes:
-            wrong = mistake.make(*case.args, **case.kwargs)
+            wrong = _mistaken_answer(mistake, case)
             if not same_value(wrong, expected, rtol=rtol, atol=atol) and same_value(answer, wrong, rtol, atol):
                 return CheckResult(exercise, WRONG, mistake.message + where, mistake.hint)
         return CheckResult(exercise, WRONG, problem + where)
