@@ -1,0 +1,341 @@
+"""Greedy decoding, beam search and translate (course_lib/decoding.py).
+
+Every search is checked against an independent computation on tiny random models: greedy against
+an argmax taken step by step through ``model(src, tgt_in)``, beam search against an exhaustive
+search over every output sequence up to a small length, batches against one sentence at a time.
+"""
+import itertools
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.decoding import beam_search, default_max_len, greedy_search, length_penalty, translate
+from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_sentencepiece
+from course_lib.transformer import Seq2SeqTransformer, greedy_decode
+
+NEVER_GENERATED = (PAD_ID, BOS_ID)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the machine's other cores stay free."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(vocab=8, seed=0, eos_bias=0.0, scale=2.0, shared=False, suppress_pad_bos=False, dropout=0.0):
+    """A tiny random Seq2SeqTransformer (d_model 16, 1 + 1 layers) in eval mode.
+
+    Unless ``shared``, the output layer gets a bias: ``eos_bias`` makes EOS more or less likely, and
+    ``suppress_pad_bos`` makes PAD and BOS (which a search must never produce) lose every argmax.
+    ``scale`` sharpens the output distributions so that the searches disagree.
+    """
+    torch.manual_seed(seed)
+    model = Seq2SeqTransformer(vocab, vocab, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1,
+                               d_ff=32, dropout=dropout, share_embeddings=shared)
+    if not shared:
+        out = nn.Linear(16, vocab)
+        with torch.no_grad():
+            out.weight.copy_(model.out.weight * scale)
+            out.bias.zero_()
+            out.bias[EOS_ID] = eos_bias
+            if suppress_pad_bos:
+                out.bias[PAD_ID] = out.bias[BOS_ID] = -100.0
+        model.out = out
+    return model.eval()
+
+
+def _batch(rows, width=None):
+    """Right-pad id lists with PAD into a (B, S) long tensor."""
+    width = width or max(len(r) for r in rows)
+    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    for i, row in enumerate(rows):
+        src[i, :len(row)] = torch.tensor(row)
+    return src
+
+
+def _random_sources(vocab, count, seed, lengths=(1, 6)):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))] + [EOS_ID] for _ in range(count)]
+
+
+@torch.no_grad()
+def _stepwise_greedy(model, src_row, max_len):
+    """One sentence, the whole forward pass at every step, argmax over the tokens a search may produce."""
+    src = torch.tensor([src_row])
+    tokens = [BOS_ID]
+    for _ in range(max_len):
+        logits = model(src, torch.tensor([tokens]))[0, -1].clone()
+        logits[list(NEVER_GENERATED)] = -math.inf
+        tokens.append(int(logits.argmax()))
+        if tokens[-1] == EOS_ID:
+            break
+    return tokens[1:]
+
+
+@torch.no_grad()
+def _exhaustive_best(model, src_row, vocab, max_len, alpha):
+    """The best output over ALL sequences a search can produce, scored like beam search.
+
+    Candidates: y_1..y_L with y_L = EOS and no earlier EOS (L <= max_len), or max_len tokens
+    without EOS (cut off). Score: sum of log p(y_t | y_<t) from model.decode, over length_penalty(L, alpha).
+    """
+    words = [t for t in range(vocab) if t not in NEVER_GENERATED + (EOS_ID,)]
+    candidates = [list(p) + [EOS_ID] for n in range(max_len) for p in itertools.product(words, repeat=n)]
+    candidates += [list(p) for p in itertools.product(words, repeat=max_len)]
+    tgt_in = _batch([[BOS_ID] + c[:-1] for c in candidates], width=max_len)  # PAD after each prefix
+    memory, src_mask = model.encode(torch.tensor([src_row]))
+    logp = torch.log_softmax(model.decode(tgt_in, memory.expand(len(candidates), -1, -1), src_mask).double(), -1)
+    best_score, best = -math.inf, None
+    for i, c in enumerate(candidates):
+        total = sum(float(logp[i, t, token]) for t, token in enumerate(c))
+        score = total / ((5 + len(c)) / 6) ** alpha
+        if score > best_score:
+            best_score, best = score, c
+    return best
+
+
+@torch.no_grad()
+def _reference_beam(model, src_row, beam_size, alpha, max_len):
+    """The documented algorithm for one sentence, in plain Python with a full forward pass per hypothesis.
+
+    Rank the extensions of the live hypotheses by total log-probability; of the best 2K, those ending
+    in EOS within the top K finish (score / length_penalty(length, alpha)), the best K others stay
+    live; stop at K finished; at max_len the live ones finish too. Return the best finished one.
+    """
+    src = torch.tensor([src_row])
+    live, finished = [(0.0, [])], []
+    for step in range(1, max_len + 1):
+        candidates = []
+        for score, tokens in live:
+            logp = torch.log_softmax(model(src, torch.tensor([[BOS_ID] + tokens]))[0, -1].float(), -1)
+            candidates += [(score + float(logp[t]), tokens + [t]) for t in range(logp.shape[0])
+                           if t not in NEVER_GENERATED]
+        candidates.sort(key=lambda c: -c[0])
+        live = []
+        for rank, (score, tokens) in enumerate(candidates[:2 * beam_size]):
+            if len(live) == beam_size:
+                break
+            if tokens[-1] == EOS_ID:
+                if rank < beam_size:
+                    finished.append((score / ((5 + step) / 6) ** alpha, tokens))
+            else:
+                live.append((score, tokens))
+        if len(finished) >= beam_size:
+            break
+    else:
+        finished += [(score / ((5 + max_len) / 6) ** alpha, tokens) for score, tokens in live]
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def _assert_well_formed(output, max_len):
+    assert all(isinstance(t, int) for t in output)
+    assert len(output) <= max_len
+    assert not set(output) & set(NEVER_GENERATED), f"PAD or BOS in {output}"
+    assert EOS_ID not in output[:-1], f"EOS before the end of {output}"
+    if not output or output[-1] != EOS_ID:
+        assert len(output) == max_len, f"{output} stops before max_len without EOS"
+
+
+# --- length penalty and the output limit -----------------------------------------------------------
+
+def test_length_penalty_values():
+    for length in (1, 2, 7, 50):
+        assert length_penalty(length, 0.0) == 1.0  # alpha = 0: raw log-probabilities
+    for alpha in (0.0, 0.6, 1.0, 2.0):
+        assert length_penalty(1, alpha) == pytest.approx(1.0)  # (5 + 1) / 6 = 1
+    assert length_penalty(7, 1.0) == pytest.approx(2.0)  # (5 + 7) / 6
+    assert length_penalty(7, 0.5) == pytest.approx(math.sqrt(2))
+    assert length_penalty(13, 0.6) == pytest.approx(3 ** 0.6)
+    values = [length_penalty(n, 0.6) for n in range(1, 30)]
+    assert all(a < b for a, b in zip(values, values[1:]))  # longer outputs are divided by more
+
+
+def test_default_max_len():
+    src = torch.tensor([[5, 6, 7, EOS_ID, PAD_ID, PAD_ID], [5, EOS_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    assert default_max_len(src) == 16  # longest real length 4: 1.5 * 4 + 10
+    assert default_max_len(torch.tensor([[5, 6, 7, 8, EOS_ID]])) == 17  # int(7.5) + 10
+    assert default_max_len(torch.tensor([[9, 9, 5, EOS_ID]]), pad_id=9) == 13  # only 2 real tokens
+    assert default_max_len(torch.zeros(0, 4, dtype=torch.long)) == 10
+    assert default_max_len(torch.full((2, 3), PAD_ID)) == 10  # all padding
+
+
+# --- greedy --------------------------------------------------------------------------------------
+
+def test_greedy_search_is_the_stepwise_argmax():
+    max_len = 7
+    ended = cut = 0
+    for seed in range(4):
+        model = _model(seed=seed, eos_bias=1.5)
+        rows = _random_sources(8, 5, seed)
+        outputs = greedy_search(model, _batch(rows), max_len=max_len)
+        assert len(outputs) == len(rows)
+        for row, output in zip(rows, outputs):
+            assert output == _stepwise_greedy(model, row, max_len)
+            _assert_well_formed(output, max_len)
+            ended += bool(output) and output[-1] == EOS_ID
+            cut += not output or output[-1] != EOS_ID
+    assert ended and cut  # both endings were exercised
+
+
+def test_greedy_search_equals_transformer_greedy_decode_after_stripping():
+    max_len = 9
+    for seed in range(3):
+        model = _model(seed=seed, eos_bias=1.0, suppress_pad_bos=True)
+        src = _batch(_random_sources(8, 6, seed + 10))
+        raw = greedy_decode(model, src, BOS_ID, EOS_ID, max_len).tolist()
+        stripped = []
+        for row in raw:
+            if EOS_ID in row:
+                after = row[row.index(EOS_ID) + 1:]
+                assert all(t == PAD_ID for t in after)  # greedy_decode pads after EOS
+                row = row[:row.index(EOS_ID) + 1]
+            stripped.append(row)
+        assert greedy_search(model, src, max_len=max_len) == stripped
+
+
+def test_searches_never_produce_pad_or_bos():
+    # With a shared embedding a random decoder tends to repeat its input, BOS; an unrestricted
+    # argmax does produce BOS here (checked), the searches must not.
+    model = _model(seed=0, shared=True)
+    src = _batch(_random_sources(8, 4, 3))
+    raw = greedy_decode(model, src, BOS_ID, EOS_ID, 6)
+    assert (raw == BOS_ID).any(), "the test model no longer tempts the search with BOS"
+    for outputs in (greedy_search(model, src, max_len=6), beam_search(model, src, beam_size=3, max_len=6)):
+        for output in outputs:
+            _assert_well_formed(output, 6)
+
+
+def test_default_limit_and_zero_length():
+    model = _model(seed=1, eos_bias=-20.0)  # EOS never wins: the outputs run to the limit
+    src = _batch([[5, 6, EOS_ID], [4, 4, 4, 4, EOS_ID]])
+    limit = default_max_len(src)
+    assert [len(o) for o in greedy_search(model, src)] == [limit, limit]
+    assert [len(o) for o in beam_search(model, src, beam_size=2)] == [limit, limit]
+    assert greedy_search(model, src, max_len=0) == [[], []]
+    assert beam_search(model, src, beam_size=2, max_len=0) == [[], []]
+
+
+# --- beam search ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_beam_of_one_is_greedy(alpha):
+    for seed in range(4):
+        model = _model(seed=seed, eos_bias=1.0)
+        src = _batch(_random_sources(8, 5, seed + 20))
+        assert beam_search(model, src, beam_size=1, alpha=alpha, max_len=8) == greedy_search(model, src, max_len=8)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_wide_beam_finds_the_exhaustive_best(alpha):
+    vocab, max_len = 6, 4  # words 3, 4, 5 and EOS: 3**4 + 3**3 + 3**2 + 3 + 1 = 121 candidates
+    words = vocab - 3
+    beam = words ** (max_len - 1) * (words + 1)  # every extension of every live prefix fits in the beam
+    greedy_was_wrong = 0
+    for seed in range(3):
+        model = _model(vocab, seed=seed, eos_bias=-1.0)
+        rows = [[3, 4, 5, EOS_ID], [5, 3, EOS_ID]]
+        found = beam_search(model, _batch(rows), beam_size=beam, alpha=alpha, max_len=max_len)
+        greedy = greedy_search(model, _batch(rows), max_len=max_len)
+        for row, output, greedy_output in zip(rows, found, greedy):
+            best = _exhaustive_best(model, row, vocab, max_len, alpha)
+            assert output == best
+            greedy_was_wrong += greedy_output != best
+    assert greedy_was_wrong, "greedy found the best sequence every time: the test cannot tell the searches apart"
+
+
+@pytest.mark.parametrize("beam_size", [2, 3])
+def test_beam_search_follows_the_documented_algorithm(beam_size):
+    differs_from_greedy = 0
+    # Models from rare to frequent EOS; (1, 1.5) with K = 3 ranks an EOS just below the top K,
+    # which must not finish, and several cases need the right length in the penalty to pass.
+    for seed, eos_bias in [(0, 2.5), (1, 1.5), (4, -0.5), (7, 0.5)]:
+        model = _model(seed=seed, eos_bias=eos_bias)
+        rows = _random_sources(8, 3, seed + 40)
+        for alpha in (0.0, 0.6, 1.5):
+            found = beam_search(model, _batch(rows), beam_size=beam_size, alpha=alpha, max_len=6)
+            for row, output in zip(rows, found):
+                assert output == _reference_beam(model, row, beam_size, alpha, 6), (seed, alpha, row)
+                differs_from_greedy += output != _stepwise_greedy(model, row, 6)
+    assert differs_from_greedy
+
+
+def test_beam_output_is_well_formed():
+    for seed in range(3):
+        model = _model(seed=seed, eos_bias=0.5)
+        for output in beam_search(model, _batch(_random_sources(8, 6, seed)), beam_size=4, max_len=6):
+            _assert_well_formed(output, 6)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_a_batch_gives_the_same_answers_as_one_sentence_at_a_time(search):
+    decode = (lambda m, s: greedy_search(m, s, max_len=8)) if search == "greedy" else \
+        (lambda m, s: beam_search(m, s, beam_size=3, alpha=0.6, max_len=8))
+    for seed in range(2):
+        model = _model(seed=seed, eos_bias=1.0)
+        rows = _random_sources(8, 6, seed + 30, lengths=(1, 8))
+        together = decode(model, _batch(rows, width=12))  # extra padding columns too
+        alone = [decode(model, _batch([row]))[0] for row in rows]
+        assert together == alone
+
+
+def test_search_errors():
+    model = _model()
+    src = _batch([[4, 5, EOS_ID]])
+    for bad in (0, -1, 2.5, "3", None):
+        with pytest.raises(ValueError, match="beam_size must be a positive int"):
+            beam_search(model, src, beam_size=bad)
+    for search in (greedy_search, beam_search):
+        with pytest.raises(TypeError, match="src"):
+            search(model, src.float())
+        with pytest.raises(ValueError, match="src"):
+            search(model, torch.tensor([4, 5, EOS_ID]))  # (S,) instead of (B, S)
+        with pytest.raises(ValueError, match="src"):
+            search(model, src[None])
+
+
+# --- translate -----------------------------------------------------------------------------------
+
+WORDS = ["rot", "blau", "hund", "katze", "haus", "baum", "groß", "klein", "läuft", "schläft"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    rng = random.Random(0)
+    sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6))) for _ in range(40)]
+    return train_sentencepiece(sentences, vocab_size=60)
+
+
+def test_translate_keeps_order_and_matches_the_searches(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=3, eos_bias=1.0, suppress_pad_bos=True)
+    sentences = ["rot hund läuft", "katze", "groß klein baum haus rot blau", "", "hund schläft"]
+    src = _batch([tokenizer.encode(s) + [EOS_ID] for s in sentences])
+    for beam_size in (1, 3):
+        results = translate(model, tokenizer, sentences, beam_size=beam_size, batch_size=2)
+        assert isinstance(results, list) and all(isinstance(r, str) for r in results)
+        alone = [translate(model, tokenizer, [s], beam_size=beam_size)[0] for s in sentences]
+        assert results == alone
+        ids = greedy_search(model, src) if beam_size == 1 else beam_search(model, src, beam_size, 0.6)
+        assert results == [tokenizer.decode(i) for i in ids]
+    assert len(set(results)) > 1  # the inputs lead to different outputs: the order is visible
+    assert translate(model, tokenizer, []) == []
+
+
+def test_translate_puts_the_model_in_eval_mode(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=4, eos_bias=1.0, dropout=0.5).train()
+    first = translate(model, tokenizer, ["rot hund", "katze läuft"])
+    assert not model.training
+    assert translate(model, tokenizer, ["rot hund", "katze läuft"]) == first  # no dropout noise
+
+
+def test_translate_errors(tokenizer):
+    model = _model(tokenizer.vocab_size)
+    with pytest.raises(TypeError, match="list of sentences"):
+        translate(model, tokenizer, "rot hund")
+    with pytest.raises(ValueError, match="beam_size"):
+        translate(model, tokenizer, ["rot hund"], beam_size=0)
