@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.decoding import beam_search, default_max_len, greedy_search, length_penalty, translate
+from course_lib.decoding import (beam_search, beam_search_loop, default_max_len, filter_logits, greedy_search,
+                                 length_penalty, sample, sample_next_token, translate)
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_sentencepiece
 from course_lib.transformer import Seq2SeqTransformer, greedy_decode
 
@@ -339,3 +340,225 @@ def test_translate_errors(tokenizer):
         translate(model, tokenizer, "rot hund")
     with pytest.raises(ValueError, match="beam_size"):
         translate(model, tokenizer, ["rot hund"], beam_size=0)
+
+
+# --- the shared beam loop: the parents contract the cached decoder relies on ----------------------
+
+def test_beam_search_loop_reports_the_parent_of_every_row():
+    B, K, V = 2, 3, 7
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(50, V, generator=gen) * 3
+    seen = []
+
+    def next_logits(tokens, parents):
+        if parents is None:
+            assert tokens.shape == (B * K, 1) and (tokens == BOS_ID).all()
+        else:
+            previous = seen[-1]
+            assert parents.dtype == torch.long and parents.shape == (B * K,)
+            assert torch.equal(tokens[:, :-1], previous[parents])  # row i extends row parents[i]
+            assert (parents // K == torch.arange(B * K) // K).all()  # hypotheses stay with their sentence
+        seen.append(tokens)
+        return table[(tokens * torch.arange(1, tokens.shape[1] + 1)).sum(1) % 50]  # depends on the whole prefix
+
+    outputs = beam_search_loop(next_logits, B, K, alpha=0.6, max_len=6)
+    assert len(outputs) == B and len(seen) >= 3
+    assert any(not torch.equal(seen[i + 1][:, :-1], seen[i]) for i in range(len(seen) - 1))  # rows moved
+
+
+# --- sampling: filter_logits on hand-made examples -----------------------------------------------
+
+def _kept(logits, **settings):
+    """The set of token ids that filter_logits keeps in each row."""
+    out = filter_logits(torch.tensor(logits, dtype=torch.float32), **settings)
+    return [set(torch.nonzero(torch.isfinite(row)).flatten().tolist()) for row in out]
+
+
+def test_filter_logits_top_k():
+    logits = [[3.0, 1.0, 2.0, 0.0], [0.0, 5.0, -1.0, 4.0]]
+    assert _kept(logits, top_k=1) == [{0}, {1}]
+    assert _kept(logits, top_k=2) == [{0, 2}, {1, 3}]
+    assert _kept(logits, top_k=3) == [{0, 1, 2}, {0, 1, 3}]
+    assert _kept(logits, top_k=4) == _kept(logits, top_k=100) == _kept(logits) == [{0, 1, 2, 3}] * 2
+
+
+def test_filter_logits_top_k_keeps_ties_together():
+    assert _kept([[2.0, 2.0, 1.0, 0.0]], top_k=1) == [{0, 1}]
+    assert _kept([[1.0, 3.0, 3.0, 3.0, 0.0]], top_k=2) == [{1, 2, 3}]
+    assert _kept([[1.0, 1.0, 1.0]], top_k=1) == [{0, 1, 2}]
+
+
+def test_filter_logits_top_p():
+    probs = [0.15, 0.5, 0.05, 0.3]  # sorted: 0.5 (id 1), 0.3 (id 3), 0.15 (id 0), 0.05 (id 2)
+    logits = [[math.log(p) for p in probs]]
+    assert _kept(logits, top_p=1e-9) == [{1}]  # a tiny p keeps the top token
+    assert _kept(logits, top_p=0.4) == [{1}]  # 0.5 >= 0.4
+    assert _kept(logits, top_p=0.6) == [{1, 3}]  # 0.5 < 0.6 <= 0.8
+    assert _kept(logits, top_p=0.7) == [{1, 3}]
+    assert _kept(logits, top_p=0.9) == [{0, 1, 3}]  # 0.8 < 0.9 <= 0.95
+    assert _kept(logits, top_p=0.97) == [{0, 1, 2, 3}]
+    assert _kept(logits, top_p=1.0) == [{0, 1, 2, 3}]  # p = 1 keeps every token
+    # ties with the last token kept are kept too
+    tied = [[math.log(p) for p in (0.4, 0.2, 0.2, 0.2)]]
+    assert _kept(tied, top_p=0.3) == [{0}]
+    assert _kept(tied, top_p=0.5) == [{0, 1, 2, 3}]
+
+
+def test_filter_logits_values_temperature_and_order():
+    logits = torch.tensor([[math.log(p) for p in (0.5, 0.3, 0.15, 0.05)]])
+    out = filter_logits(logits, temperature=0.5)
+    assert torch.allclose(out, logits * 2)  # logits / temperature, nothing removed
+    # the nucleus is taken after the temperature: at T = 0.5 the top token holds 0.25/0.365 = 0.68
+    assert _kept(logits.tolist(), top_p=0.6) == [{0, 1}]
+    assert _kept(logits.tolist(), temperature=0.5, top_p=0.6) == [{0}]
+    assert _kept(logits.tolist(), top_p=0.7) == [{0, 1}]  # 0.5 < 0.7 <= 0.8
+    assert _kept(logits.tolist(), temperature=3.0, top_p=0.7) == [{0, 1, 2}]  # flatter: 0.336, 0.283, 0.225, 0.156
+    # top-k first, then the nucleus of what is left (renormalised): 0.5/0.8 = 0.625 >= 0.6
+    assert _kept(logits.tolist(), top_k=2, top_p=0.6) == [{0}]
+    out = filter_logits(logits, temperature=2.0, top_k=3)
+    assert torch.allclose(out[0, :3], logits[0, :3] / 2) and out[0, 3] == -math.inf
+
+
+def test_filter_logits_keeps_blocked_tokens_blocked_and_does_not_modify_its_input():
+    logits = torch.tensor([[-math.inf, 2.0, -math.inf, 1.0, 0.5]])
+    before = logits.clone()
+    assert _kept(logits.tolist(), top_k=4) == [{1, 3, 4}]
+    assert _kept(logits.tolist(), top_p=1.0) == [{1, 3, 4}]
+    assert _kept(logits.tolist(), top_p=0.999) == [{1, 3, 4}]
+    filter_logits(logits, temperature=0.3, top_k=2, top_p=0.5)
+    assert torch.equal(logits, before)
+
+
+def test_filter_logits_errors():
+    good = torch.zeros(2, 5)
+    for bad in (0, 0.0, -1.0, float("nan"), float("inf"), True, "1", None):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            filter_logits(good, temperature=bad)
+    for bad in (0, -2, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="top_k must be None .* or an int >= 1"):
+            filter_logits(good, top_k=bad)
+    for bad in (0, 0.0, -0.1, 1.01, float("nan"), True, "0.9"):
+        with pytest.raises(ValueError, match="top_p must be None .* 0 < top_p <= 1"):
+            filter_logits(good, top_p=bad)
+    with pytest.raises(ValueError, match="logits"):
+        filter_logits(torch.zeros(5))  # (V,) instead of (B, V)
+    with pytest.raises(TypeError, match="logits"):
+        filter_logits(torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="at least one finite"):
+        filter_logits(torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]]))
+    with pytest.raises(ValueError, match="nan or \\+inf"):
+        filter_logits(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="too small"):
+        filter_logits(torch.tensor([[1e30, 0.0]]), temperature=1e-10)
+
+
+# --- sampling: the draws ------------------------------------------------------------------------
+
+def _filtered_reference(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution to sample from, computed in plain Python: temperature, then top-k, then top-p."""
+    weights = {i: math.exp(x / temperature) for i, x in enumerate(logits) if x > -math.inf}
+    order = sorted(weights, key=lambda i: -weights[i])
+    if top_k is not None:
+        order = order[:top_k]
+    if top_p is not None:
+        total, kept, mass = sum(weights[i] for i in order), [], 0.0
+        for i in order:
+            if mass >= top_p:
+                break
+            kept.append(i)
+            mass += weights[i] / total
+        order = kept
+    total = sum(weights[i] for i in order)
+    return [weights[i] / total if i in order else 0.0 for i in range(len(logits))]
+
+
+def _chi_square(counts, probs, n):
+    assert all(c == 0 for c, p in zip(counts, probs) if p == 0), "a token outside the kept set was drawn"
+    return sum((c - n * p) ** 2 / (n * p) for c, p in zip(counts, probs) if p > 0)
+
+
+def test_sample_next_token_frequencies_match_the_filtered_softmax():
+    logits = [1.2, -0.3, 0.4, 2.0, -1.5, 0.9]
+    n = 20000
+    batch = torch.tensor([logits] * n)
+    for seed, settings in enumerate([{}, {"temperature": 0.6}, {"temperature": 2.0, "top_k": 3},
+                                     {"top_p": 0.8}, {"temperature": 1.5, "top_k": 4, "top_p": 0.7}]):
+        drawn = sample_next_token(batch, generator=torch.Generator().manual_seed(seed), **settings)
+        assert drawn.shape == (n,) and drawn.dtype == torch.long
+        probs = _filtered_reference(logits, **settings)
+        counts = torch.bincount(drawn, minlength=len(logits)).tolist()
+        df = sum(p > 0 for p in probs) - 1
+        assert _chi_square(counts, probs, n) < df + 6 * math.sqrt(2 * max(df, 1)), (settings, counts, probs)
+
+
+def test_sample_first_token_frequencies_match_the_model():
+    model = _model(seed=2, eos_bias=0.5)
+    n = 3000
+    src = _batch([[4, 5, 6, EOS_ID]] * n)
+    with torch.no_grad():
+        first = model(src[:1], torch.tensor([[BOS_ID]]))[0, -1].clone()
+    first[list(NEVER_GENERATED)] = -math.inf
+    for seed, settings in enumerate([{}, {"temperature": 0.7, "top_k": 4}, {"temperature": 1.5, "top_p": 0.9}]):
+        outputs = sample(model, src, max_len=1, generator=torch.Generator().manual_seed(seed), **settings)
+        counts = torch.bincount(torch.tensor([o[0] for o in outputs]), minlength=8).tolist()
+        probs = _filtered_reference(first.tolist(), **settings)
+        df = sum(p > 0 for p in probs) - 1
+        assert _chi_square(counts, probs, n) < df + 6 * math.sqrt(2 * max(df, 1)), (settings, counts, probs)
+
+
+def test_sampling_that_keeps_only_the_top_token_is_greedy():
+    for seed in range(3):
+        model = _model(seed=seed, eos_bias=1.0)
+        src = _batch(_random_sources(8, 5, seed + 50))
+        greedy = greedy_search(model, src, max_len=8)
+        assert sample(model, src, top_k=1, max_len=8) == greedy
+        assert sample(model, src, temperature=1e-4, max_len=8) == greedy
+        assert sample(model, src, top_p=1e-6, max_len=8) == greedy
+        assert sample(model, src, temperature=3.0, top_k=1, top_p=0.9, max_len=8) == greedy
+
+
+def test_samples_are_reproducible_and_vary_with_the_seed():
+    model = _model(seed=1, eos_bias=0.0)
+    src = _batch(_random_sources(8, 4, 60))
+    draws = [sample(model, src, temperature=1.5, generator=torch.Generator().manual_seed(s), max_len=8)
+             for s in (0, 0, 1)]
+    assert draws[0] == draws[1]
+    assert draws[0] != draws[2]
+    torch.manual_seed(5)
+    first = sample(model, src, max_len=8)  # the global generator when none is given
+    torch.manual_seed(5)
+    assert sample(model, src, max_len=8) == first
+
+
+def test_samples_are_well_formed_and_never_pad_or_bos():
+    # A shared embedding tempts the decoder with BOS (see test_searches_never_produce_pad_or_bos); a high
+    # temperature spreads the draws over every token, so an unblocked PAD or BOS would come up.
+    model = _model(seed=0, shared=True)
+    src = _batch(_random_sources(8, 50, 70))
+    ended = cut = 0
+    for temperature in (1.0, 5.0):
+        outputs = sample(model, src, temperature=temperature, max_len=6, generator=torch.Generator().manual_seed(3))
+        for output in outputs:
+            _assert_well_formed(output, 6)
+            ended += bool(output) and output[-1] == EOS_ID
+            cut += not output or output[-1] != EOS_ID
+    assert ended and cut
+    assert sample(model, src[:2], max_len=0) == [[], []]
+    limit = default_max_len(src[:3])
+    never_ends = _model(seed=1, eos_bias=-50.0)
+    assert [len(o) for o in sample(never_ends, src[:3], generator=torch.Generator().manual_seed(0))] == [limit] * 3
+
+
+def test_sample_errors():
+    model = _model()
+    src = _batch([[4, 5, EOS_ID]])
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, src, temperature=0)
+    with pytest.raises(ValueError, match="top_k"):
+        sample(model, src, top_k=0)
+    with pytest.raises(ValueError, match="top_p"):
+        sample(model, src, top_p=1.5)
+    with pytest.raises(TypeError, match="src"):
+        sample(model, src.float())
+    with pytest.raises(ValueError, match="src"):
+        sample(model, src[0])
