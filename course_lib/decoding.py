@@ -302,11 +302,13 @@ def sample(model, src: torch.Tensor, temperature: float = 1.0, top_k: int | None
 
 @torch.no_grad()
 def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, alpha: float = 0.6,
-              batch_size: int = 64, device=None) -> list[str]:
+              batch_size: int = 64, device=None, cached: bool = True) -> list[str]:
     """Translate ``sentences`` (a list of str): greedy when ``beam_size == 1``, else beam search.
 
     Sentences are encoded, sorted by length into batches of ``batch_size`` (less padding), decoded
-    and returned in the original order. The model is put in eval mode.
+    and returned in the original order. The model is put in eval mode. With ``cached`` (the
+    default) decoding keeps a key-value cache (:mod:`course_lib.kv_cache`); the translations are
+    the same either way, only the time differs.
     """
     if isinstance(sentences, str):
         raise TypeError("translate takes a list of sentences; wrap a single one in a list")
@@ -322,7 +324,13 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
         for row, i in enumerate(chunk):
             src[row, :len(encoded[i])] = torch.tensor(encoded[i])
         src = src.to(device)
-        outputs = greedy_search(model, src) if beam_size == 1 else beam_search(model, src, beam_size, alpha)
+        if cached:  # the same outputs, one new position per step (course_lib.kv_cache)
+            from course_lib.kv_cache import beam_search_cached, greedy_search_cached
+
+            outputs = (greedy_search_cached(model, src) if beam_size == 1
+                       else beam_search_cached(model, src, beam_size, alpha))
+        else:
+            outputs = greedy_search(model, src) if beam_size == 1 else beam_search(model, src, beam_size, alpha)
         for i, ids in zip(chunk, outputs):
             results[i] = tokenizer.decode(ids)
     return results

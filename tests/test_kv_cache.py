@@ -319,3 +319,19 @@ def test_errors_name_what_was_expected():
     for bad in (0, 2.5, None):
         with pytest.raises(ValueError, match="beam_size must be a positive int"):
             beam_search_cached(model, src, beam_size=bad)
+
+
+def test_translate_gives_the_same_text_with_and_without_the_cache():
+    from course_lib.decoding import translate
+    from course_lib.tokenizer import train_sentencepiece
+
+    words = ["ein", "hund", "eine", "katze", "läuft", "springt", "schläft", "im", "park", "garten", "a", "dog",
+             "cat", "runs", "jumps", "sleeps", "in", "the", "park", "garden"]
+    sentences = [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(3 + i % 4)) for i in range(60)]
+    tokenizer = train_sentencepiece(sentences, vocab_size=40)
+    torch.manual_seed(5)
+    model = Seq2SeqTransformer(40, 40, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1, d_ff=32,
+                               share_embeddings=True)
+    for beam in (1, 3):
+        plain = translate(model, tokenizer, sentences[:7], beam_size=beam, batch_size=3, cached=False)
+        assert translate(model, tokenizer, sentences[:7], beam_size=beam, batch_size=3) == plain
