@@ -21,12 +21,13 @@ import heapq
 import io
 import os
 import re
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+
+from course_lib.files import write_atomically
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = {"<pad>": PAD_ID, "<s>": BOS_ID, "</s>": EOS_ID, "<unk>": UNK_ID}
@@ -258,24 +259,10 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file atomically (a temporary file renamed into place)."""
-        return _write_bytes_atomically(Path(path), self.model_proto)
+        return write_atomically(path, lambda tmp: Path(tmp).write_bytes(self.model_proto))
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]}…)"
-
-
-def _write_bytes_atomically(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def train_sentencepiece(sentences: Sequence[str], vocab_size: int = DEFAULT_VOCAB_SIZE,

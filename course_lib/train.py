@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.batching import Batch, BatchPlan, encode_pairs
+from course_lib.files import write_atomically
 from course_lib.tokenizer import PAD_ID, Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,18 +187,7 @@ def set_rng_state(state: dict) -> None:
 
 def save_atomically(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` into a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _distributed() -> tuple[int, int]:
@@ -497,9 +486,8 @@ def export_model(trainer: Trainer, out_dir: str | os.PathLike, provenance: dict)
     record = dict(provenance)
     record["files"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
                        for name in ("model.pt", "tokenizer.model")}
-    tmp = out / ".provenance.json.part"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, out / "provenance.json")
+    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    write_atomically(out / "provenance.json", lambda tmp: Path(tmp).write_text(text))
     return out
 
 

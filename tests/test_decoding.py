@@ -16,17 +16,12 @@ from course_lib.decoding import (beam_search, beam_search_loop, default_max_len,
                                  length_penalty, sample, sample_next_token, translate)
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_sentencepiece
 from course_lib.transformer import Seq2SeqTransformer, greedy_decode
+from decoding_helpers import batch as _batch, random_sources as _random_sources
 
 NEVER_GENERATED = (PAD_ID, BOS_ID)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine's other cores stay free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(vocab=8, seed=0, eos_bias=0.0, scale=2.0, shared=False, suppress_pad_bos=False, dropout=0.0):
@@ -51,18 +46,8 @@ def _model(vocab=8, seed=0, eos_bias=0.0, scale=2.0, shared=False, suppress_pad_
     return model.eval()
 
 
-def _batch(rows, width=None):
-    """Right-pad id lists with PAD into a (B, S) long tensor."""
-    width = width or max(len(r) for r in rows)
-    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(rows):
-        src[i, :len(row)] = torch.tensor(row)
-    return src
 
 
-def _random_sources(vocab, count, seed, lengths=(1, 6)):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))] + [EOS_ID] for _ in range(count)]
 
 
 @torch.no_grad()
@@ -562,3 +547,29 @@ def test_sample_errors():
         sample(model, src.float())
     with pytest.raises(ValueError, match="src"):
         sample(model, src[0])
+
+
+def test_plot_beams_draws_the_hypotheses_and_the_map():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib.decoding import plot_beams
+
+    weights = torch.softmax(torch.randn(3, 4, generator=torch.Generator().manual_seed(0)), dim=-1)  # (T, S)
+    hypotheses = [(-1.25, "a dog runs ."), (-2.5, "a dog is running .")]
+    fig = plot_beams(hypotheses, weights, ["ein", "Hund", "rennt", "."], ["a", "dog", "runs"], title="K = 2",
+                     score_name="log P")
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("a dog is running ." in t and "-1.250" in t and "log P" in t for t in texts)
+    image = fig.axes[1].images[0].get_array()
+    assert image.shape == (3, 4) and abs(float(image.sum()) - 3.0) < 1e-5
+    assert fig._suptitle.get_text() == "K = 2"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="source labels"):
+        plot_beams(hypotheses, weights, ["ein", "Hund"], ["a", "dog", "runs"])
+    with pytest.raises(ValueError, match="empty"):
+        plot_beams([], weights, ["ein", "Hund", "rennt", "."], ["a", "dog", "runs"])
+    with pytest.raises(ValueError, match="weights"):
+        plot_beams(hypotheses, weights[None], ["ein", "Hund", "rennt", "."], ["a", "dog", "runs"])

@@ -5,8 +5,6 @@ at every step (post-LN and pre-LN, padded sources, padding inside the prefix, re
 the cached searches with the uncached ones of course_lib.decoding; the work saved is counted
 with forward hooks on the model's own modules, not timed.
 """
-import random
-
 import pytest
 import torch
 from torch import nn
@@ -16,17 +14,17 @@ from course_lib.kv_cache import (IncrementalDecoder, KVCache, beam_search_cached
                                  kv_cache_bytes, sample_cached)
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from course_lib.transformer import Seq2SeqTransformer
+from decoding_helpers import batch as _batch, random_sources
 
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine's other cores stay free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _random_sources(vocab, count, seed, lengths=(1, 7)):
+    """Sources of 1 to 7 ids plus EOS (the shared helper's default is 1 to 6)."""
+    return random_sources(vocab, count, seed, lengths)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(vocab=12, seed=0, norm_first=False, layers=2, d_model=16, h=2, eos_bias=0.0, scale=2.0,
@@ -46,17 +44,8 @@ def _model(vocab=12, seed=0, norm_first=False, layers=2, d_model=16, h=2, eos_bi
     return model.eval()
 
 
-def _batch(rows, width=None):
-    width = width or max(len(r) for r in rows)
-    src = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    for i, row in enumerate(rows):
-        src[i, :len(row)] = torch.tensor(row)
-    return src
 
 
-def _random_sources(vocab, count, seed, lengths=(1, 7)):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, vocab) for _ in range(rng.randint(*lengths))] + [EOS_ID] for _ in range(count)]
 
 
 # --- one step equals the full recompute -------------------------------------------------------------

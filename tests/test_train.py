@@ -36,13 +36,7 @@ GERMAN = ["rot", "blau", "gr√ºn", "gelb", "hund", "katze", "haus", "baum", "gro√
 ENGLISH = ["red", "blue", "green", "yellow", "dog", "cat", "house", "tree", "big", "small"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread, and the machine's other cores stay free."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pairs(count, seed):
