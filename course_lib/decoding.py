@@ -334,3 +334,49 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
         for i, ids in zip(chunk, outputs):
             results[i] = tokenizer.decode(ids)
     return results
+
+
+# --- a figure for notebook 12's translation playground ---------------------------------------------
+
+def plot_beams(hypotheses: Sequence[tuple[float, str]], weights: torch.Tensor, src_labels: Sequence[str],
+               tgt_labels: Sequence[str], title: str | None = None, score_name: str = "score"):
+    """Beam search's finished hypotheses as text, above the cross-attention map of the best one.
+
+    Args:
+        hypotheses: ``(score, text)`` pairs, best first (at least one); the first is the output drawn.
+        weights: (T, S) cross-attention of the best output: row t = where the decoder looked in the
+            source while producing output token t (e.g. the last layer, averaged over heads).
+        src_labels: S source tokens (columns). tgt_labels: T output tokens (rows).
+        title: the figure's title. score_name: what the scores are, for the text panel's heading.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from course_lib.attention import plot_attention
+
+    sizes = check_shape(weights, "T S", name="weights")
+    T, S = sizes["T"], sizes["S"]
+    if len(src_labels) != S or len(tgt_labels) != T:
+        raise ValueError(f"expected {S} source labels and {T} output labels for weights of shape (T, S) = "
+                         f"({T}, {S}), got {len(src_labels)} and {len(tgt_labels)}")
+    hypotheses = list(hypotheses)
+    if not hypotheses:
+        raise ValueError("hypotheses is empty: pass at least the best (score, text) pair")
+    text_h = 0.42 + 0.3 * len(hypotheses)
+    map_h, width = 0.3 * T + 1.4, max(7.0, 0.42 * S + 2.5)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, text_h + map_h + 0.5),
+                                      gridspec_kw={"height_ratios": [text_h, map_h]})
+    top.axis("off")
+    lines = [f"{score_name:>8}   hypothesis (best first)"]
+    for rank, (score, text) in enumerate(hypotheses):
+        lines.append(f"{score:8.3f}   {'→ ' if rank == 0 else '  '}{text}")
+    top.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=9.5, va="top", ha="left",
+             transform=top.transAxes)
+    plot_attention(weights, list(tgt_labels), list(src_labels), ax=bottom, colorbar=True, annotate=False,
+                   title="cross-attention of the best output", xlabel="source token", ylabel="output token")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -437,16 +437,24 @@ def plot_history(history, title: str = "Training curves"):
 
 
 class LiveCurves:
-    """A figure in the notebook that redraws itself after every epoch: pass ``update`` as ``on_epoch``."""
+    """A figure in the notebook that redraws itself after every epoch: pass ``update`` as ``on_epoch``.
+
+    The placeholder shown before the first epoch is an image too, so the cell's output has the same
+    kind before and after the updates (nbval compares the kinds; it does not see display updates).
+    """
 
     def __init__(self, title: str = "Training curves"):
-        from IPython.display import display
+        import matplotlib.pyplot as plt
+        from IPython.display import Image, display
 
-        from IPython.display import Markdown
+        from course_lib.plotting import figure_to_png
 
         self.title = title
-        self.handle = display(Markdown(f"*{title}: the figure appears here after the first epoch.*"),
-                              display_id=True)
+        fig, ax = plt.subplots(figsize=(9, 0.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: the curves appear here after the first epoch", ha="center", va="center")
+        self.handle = display(Image(figure_to_png(fig)), display_id=True)
+        plt.close(fig)
 
     def update(self, history) -> None:
         import matplotlib.pyplot as plt
@@ -455,7 +463,8 @@ class LiveCurves:
         from course_lib.plotting import figure_to_png
 
         fig = plot_history(history, f"{self.title} (after epoch {len(history)})")
-        self.handle.update(Image(figure_to_png(fig)))
+        if self.handle is not None:  # None outside a notebook: nothing to update
+            self.handle.update(Image(figure_to_png(fig)))
         plt.close(fig)
 
 
