@@ -157,3 +157,22 @@ def test_a_mistake_that_cannot_happen_on_an_input_is_skipped_silently(recwarn):
     result = run(lambda x: x + 1, mistakes)
     assert result.message.startswith("you added 1")
     assert len(recwarn) == 0
+
+
+def test_integer_reference_answered_with_floats_or_bools_is_wrong_with_the_hint():
+    from course_lib.checks.core import WRONG, Case, check_function
+
+    def ids(t):
+        return t + 1
+
+    cases = [Case((torch.tensor([1, 2, 3]),), "ids [1, 2, 3]")]
+    assert check_function(ids, exercise="ids", reference=ids, cases=cases).passed
+    for wrong in (lambda t: (t + 1).float(), lambda t: (t + 1).double()):
+        result = check_function(wrong, exercise="ids", reference=ids, cases=cases, dtype_hint="keep tgt's dtype")
+        assert result.status == WRONG and "the values are right, but the dtype is torch.float" in result.message
+        assert "on ids [1, 2, 3]" in result.message and result.hint == "keep tgt's dtype"
+    flags = [Case((torch.tensor([0, 1]),), "flags")]
+    as_bool = check_function(lambda t: t.bool(), exercise="b", reference=lambda t: t.clone(), cases=flags)
+    assert as_bool.status == WRONG and "torch.bool" in as_bool.message
+    # an int32 answer to an int64 reference is still integers: fine
+    assert check_function(lambda t: (t + 1).int(), exercise="ids", reference=ids, cases=cases).passed

@@ -151,7 +151,7 @@ def _in_place(tgt, bos_id):
     (lambda t, b: t, "returned the targets unchanged"),
     (lambda t, b: torch.cat([torch.ones_like(t[:, :1]), t[:, :-1]], dim=1), "fixed id for BOS"),
     (lambda t, b: torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], dim=1), "fixed id for BOS"),
-    (lambda t, b: torch.cat([torch.ones(t.shape[0], 1) * b, t[:, :-1]], dim=1), "dtype torch.float32"),
+    (lambda t, b: torch.cat([torch.ones(t.shape[0], 1) * b, t[:, :-1]], dim=1), "dtype is torch.float32"),
     (_in_place, "changed its input in place"),
     (lambda t, b: torch.cat([_bos(t, b), t[:, :-1]], dim=1).numpy(), "expected a torch tensor"),
 ])

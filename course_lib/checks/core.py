@@ -109,6 +109,12 @@ def _clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
 
 
+def _integers_as_other_dtype(answer: Any, expected: Any) -> bool:
+    return (isinstance(expected, torch.Tensor) and isinstance(answer, torch.Tensor)
+            and not expected.is_floating_point() and expected.dtype != torch.bool
+            and (answer.is_floating_point() or answer.dtype == torch.bool))
+
+
 def compare_answer(answer: Any, expected: Any, *, shape_names: str = "", rtol: float = 1e-5,
                    atol: float = 1e-6) -> str | None:
     """Describe how ``answer`` differs from ``expected``; None when they agree."""
@@ -154,8 +160,11 @@ def _mistaken_answer(mistake: Mistake, case: Case) -> Any:
 def check_function(fn: Callable[..., Any], *, exercise: str, reference: Callable[..., Any],
                    cases: Sequence[Case], mistakes: Sequence[Mistake] = (), shape_names: str = "",
                    success: str = "matches the reference on every test input.", rtol: float = 1e-5,
-                   atol: float = 1e-6) -> CheckResult:
+                   atol: float = 1e-6, dtype_hint: str = "") -> CheckResult:
     """Run ``fn`` on every case and compare it with ``reference``.
+
+    When the reference returns an integer tensor (token ids, indices), an answer with the right
+    values in a float or bool dtype is wrong too; ``dtype_hint`` says how to keep the dtype.
 
     Returns a :class:`CheckResult`: *not done* when ``fn`` raises NotImplementedError
     (the stub of the student edition), *error* when it raises anything else, *wrong*
@@ -183,6 +192,9 @@ def check_function(fn: Callable[..., Any], *, exercise: str, reference: Callable
         expected = reference(*case.args, **case.kwargs)
         problem = compare_answer(answer, expected, shape_names=shape_names, rtol=rtol, atol=atol)
         if problem is None:
+            if _integers_as_other_dtype(answer, expected):  # values right, but e.g. float ids
+                return CheckResult(exercise, WRONG, f"the values are right, but the dtype is {answer.dtype}, "
+                                   f"not an integer dtype like {expected.dtype}{where}", dtype_hint)
             continue
         for mistake in mistakes:
             wrong = _mistaken_answer(mistake, case)
