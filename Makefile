@@ -13,7 +13,7 @@ STAMP      := $(VENV)/.installed
 # JupyterLab refuses to run as root unless told to (containers, CI boxes).
 ROOT_FLAG  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test notebooks student clean-venv
+.PHONY: setup lab test notebooks student slides clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ notebooks: $(STAMP)
 # Teachers: write the student edition (solutions replaced by stubs) to student/.
 student: $(STAMP)
 	$(BIN)/python -m course_lib.notebooks student
+
+# Teachers and maintainers: set every cell's slide type for jupyterlab-rise (NB=03 for just one).
+slides: $(STAMP)
+	$(BIN)/python -m course_lib.notebooks slides $(NB)
 
 clean-venv:
 	rm -rf $(VENV)

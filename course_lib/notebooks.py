@@ -4,11 +4,16 @@
     python -m course_lib.notebooks run [NAME ...]    execute and store outputs (all when no NAME)
     python -m course_lib.notebooks check [NAME ...]  stored outputs: no errors, all run, in order
     python -m course_lib.notebooks student [--out DIR] [NAME ...]   write the student edition
+    python -m course_lib.notebooks slides [--outline] [NAME ...]    set the cells' slide types
+    python -m course_lib.notebooks hosted [NAME ...]   put the install cell first (hosted services)
 
 ``run`` executes a notebook the way the test suite's nbval does: a kernel from this
 Python environment, started in the notebook's folder, with ``COURSE_DEVICE=cpu`` (so the
-stored outputs are the ones CI reproduces) and a fixed hash seed. NAME is a number
-(``3``), a prefix (``03``), a slug or a file name.
+stored outputs are the ones CI reproduces) and a fixed hash seed. Before executing, it puts
+the install cell first (as ``hosted`` does); afterwards it sets the slide types (as ``slides``
+does, since they depend on the outputs). ``slides`` and ``hosted`` change no other cell and
+write a notebook only when something changed. NAME is a number (``3``), a prefix (``03``),
+a slug or a file name.
 """
 from __future__ import annotations
 
@@ -117,15 +122,31 @@ def write_atomically(nb: nbformat.NotebookNode, path: Path) -> None:
 
 
 def run_notebook(path: Path, timeout: int = 900) -> list[str]:
-    """Execute one notebook from a clean kernel and store its outputs; returns its problems."""
+    """Execute one notebook from a clean kernel and store its outputs; returns its problems.
+
+    The install cell is put first before executing, and the slide types are set afterwards.
+    """
+    from course_lib import hosted, slides
+
     nb = nbformat.read(path, as_version=4)
+    hosted.ensure_install_cell(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
     nb.metadata.pop("widgets", None)
     execute(nb, Path(path).parent, timeout=timeout)
+    slides.apply(nb)
     write_atomically(nb, path)
     return problems(nb)
+
+
+def update_notebook(path: Path, change) -> bool:
+    """Apply ``change(nb) -> bool`` to the notebook at ``path``; write it only when it changed."""
+    nb = nbformat.read(path, as_version=4)
+    changed = change(nb)
+    if changed:
+        write_atomically(nb, path)
+    return changed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     student_p = sub.add_parser("student", help="write the student edition")
     student_p.add_argument("names", nargs="*")
     student_p.add_argument("--out", type=Path, default=NOTEBOOK_DIR.parent / "student")
+    slides_p = sub.add_parser("slides", help="set every cell's slide type (metadata only)")
+    slides_p.add_argument("names", nargs="*")
+    slides_p.add_argument("--outline", action="store_true",
+                          help="print each notebook's slides instead of writing anything")
+    hosted_p = sub.add_parser("hosted", help="put the install cell for hosted services first")
+    hosted_p.add_argument("names", nargs="*")
     args = parser.parse_args(argv)
 
     if args.command == "list":
@@ -154,6 +181,17 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in write_student_edition(paths, args.out):
             print(f"wrote {path}")
+        return 0
+    if args.command in ("slides", "hosted"):
+        from course_lib import hosted, slides
+
+        for path in paths:
+            if args.command == "slides" and args.outline:
+                print(f"{path.name}:")
+                print("\n".join(slides.outline(nbformat.read(path, as_version=4))))
+                continue
+            change = slides.apply if args.command == "slides" else hosted.ensure_install_cell
+            print(f"{path.name}: {'updated' if update_notebook(path, change) else 'already current'}")
         return 0
     status = 0
     for path in paths:

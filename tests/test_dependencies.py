@@ -10,7 +10,7 @@ except ImportError:  # Python 3.10: pytest brings tomli
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
-CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's
+CONDA_TO_PIP = {"pytorch": "torch", "playwright-python": "playwright"}  # conda-forge names that differ from PyPI's
 CONDA_ONLY = {"python", "pip"}
 
 

@@ -5,6 +5,7 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOK_DIR, get_notebook
+from course_lib.hosted import INSTALL_CELL
 from course_lib.notebooks import problems
 from course_lib.student import count_solutions
 
@@ -40,10 +41,12 @@ def test_opens_with_title_goals_prerequisites_and_time(notebook):
         assert phrase in first.source, f"{path.name}: the opening cell lacks {phrase!r}"
 
 
-def test_first_code_cell_calls_setup(notebook):
-    _, nb = notebook
-    first_code = next(cell for cell in nb.cells if cell.cell_type == "code")
-    assert re.search(r"^device = setup\(", first_code.source, re.M), first_code.source
+def test_first_code_cell_installs_course_lib_when_missing_and_the_next_calls_setup(notebook):
+    path, nb = notebook
+    install, setup_cell = [cell for cell in nb.cells if cell.cell_type == "code"][:2]
+    assert install.source == INSTALL_CELL, f"{path.name}: run `python -m course_lib.notebooks hosted {path.stem[:2]}`"
+    assert install.outputs == [], "where course_lib is installed, the install cell prints nothing"
+    assert re.search(r"^device = setup\(", setup_cell.source, re.M), setup_cell.source
 
 
 def test_ends_with_summary_and_next_step(notebook):

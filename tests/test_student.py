@@ -1,3 +1,5 @@
+import os
+
 import nbformat
 import pytest
 
@@ -71,6 +73,15 @@ def test_the_course_has_exercises():
     assert NOTEBOOKS_WITH_EXERCISES
 
 
+# In CI (COURSE_REQUIRE_BROWSER=1, set by .ci/run) the browser test runs every student edition in
+# JupyterLab and checks the same things (tests/browser/lab.py: stage_notebooks, check_reports);
+# executing them here as well would only double the time. Elsewhere they are executed here.
+BROWSER_RUNS_STUDENT_EDITIONS = (os.environ.get("COURSE_REQUIRE_BROWSER") == "1"
+                                 and not os.environ.get("COURSE_BROWSER_NOTEBOOKS"))
+
+
+@pytest.mark.skipif(BROWSER_RUNS_STUDENT_EDITIONS,
+                    reason="the browser test runs the student editions in JupyterLab (COURSE_REQUIRE_BROWSER=1)")
 @pytest.mark.parametrize("path", NOTEBOOKS_WITH_EXERCISES, ids=lambda p: p.name)
 def test_student_edition_runs_top_to_bottom_and_checks_report(path, tmp_path):
     [student_path] = write_student_edition([path], tmp_path)
