@@ -280,7 +280,8 @@ class Trainer:
         total_loss, total_tokens = 0.0, 0
         batches = self.plan.epoch(self.epoch)
         bar = tqdm(batches, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.recipe.epochs}",
-                   disable=not self.progress or self.rank != 0, unit="batch", leave=False)
+                   disable=not self.progress or self.rank != 0, unit="batch", leave=True)
+        # leave=True: each epoch's finished bar stays, in a live notebook as in the stored one.
         for batch in bar:
             batch = batch.to(self.device)
             with self._autocast():

@@ -4,6 +4,7 @@ from nbclient.exceptions import CellExecutionError
 
 from course_lib import notebooks as cli
 from course_lib.course import NOTEBOOK_DIR
+from course_lib.hosted import INSTALL_CELL
 
 
 def make_notebook(*sources):
@@ -23,10 +24,12 @@ def test_run_notebook_stores_outputs_as_nbval_will_see_them(tmp_path):
     ), path)
     assert cli.run_notebook(path) == []
     nb = nbformat.read(path, as_version=4)
-    texts = [cell.outputs[0].get("text", "") for cell in nb.cells[:3]]
+    install, *cells = nb.cells  # run puts the hosted-install cell first; here it finds course_lib and is silent
+    assert install.source == INSTALL_CELL and install.outputs == []
+    texts = [cell.outputs[0].get("text", "") for cell in cells[:3]]
     assert texts == ["cpu 0\n", "True\n", "True\n"]
-    assert nb.cells[3].outputs[0]["data"]["text/plain"] == "2"
-    assert [c.execution_count for c in nb.cells] == [1, 2, 3, 4]
+    assert cells[3].outputs[0]["data"]["text/plain"] == "2"
+    assert [c.execution_count for c in nb.cells] == [1, 2, 3, 4, 5]
     assert not list(tmp_path.glob(".*tmp")), "the temporary file was left behind"
 
 
