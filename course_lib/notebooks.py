@@ -130,6 +130,7 @@ def run_notebook(path: Path, timeout: int = 900) -> list[str]:
 
     nb = nbformat.read(path, as_version=4)
     hosted.ensure_install_cell(nb)
+    slides.split_at_headings(nb)  # markdown only: a heading never shares a cell with the text above it
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path.name}:")
                 print("\n".join(slides.outline(nbformat.read(path, as_version=4))))
                 continue
-            change = slides.apply if args.command == "slides" else hosted.ensure_install_cell
+            change = slides.split_and_apply if args.command == "slides" else hosted.ensure_install_cell
             print(f"{path.name}: {'updated' if update_notebook(path, change) else 'already current'}")
         return 0
     status = 0

@@ -25,9 +25,11 @@ first rule that fits decides:
 10. every other cell continues the current slide.
 
 "Lines" are estimated: source lines plus output lines, with :data:`IMAGE_LINES` for a
-figure. Only metadata changes: sources and outputs stay exactly as they are, so the stored
-outputs (and nbval) are unaffected. ``python -m course_lib.notebooks slides`` applies the
-rules to the notebooks; ``run`` applies them after executing one.
+figure. :func:`apply` changes only metadata: sources and outputs stay exactly as they are, so
+the stored outputs (and nbval) are unaffected. So that a section never starts in the middle of
+a slide, :func:`split_at_headings` first gives every heading a markdown cell of its own (the
+text is unchanged, and code cells are untouched). ``python -m course_lib.notebooks slides``
+does both to the notebooks; ``run`` splits before executing and applies the rules after.
 """
 from __future__ import annotations
 
@@ -174,6 +176,56 @@ def plan(nb: nbformat.NotebookNode) -> list[Decision]:
     return decisions
 
 
+#: Headings down to this level start a cell of their own (see :func:`split_at_headings`).
+SPLIT_LEVEL = 3
+
+
+def _split_markdown(source: str) -> list[str]:
+    """``source`` cut before every heading (levels 1 to :data:`SPLIT_LEVEL`) that follows other text."""
+    parts: list[list[str]] = [[]]
+    fenced = False
+    for line in source.splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+        match = None if fenced else _HEADING.match(line)
+        text_before = any(l.strip() and not _HEADING.match(l) for l in parts[-1])
+        if match and len(match.group(1)) <= SPLIT_LEVEL and text_before:
+            parts.append([])
+        parts[-1].append(line)
+    return ["\n".join(part).strip("\n") for part in parts]
+
+
+def split_at_headings(nb: nbformat.NotebookNode) -> bool:
+    """Give every heading a markdown cell of its own, so that each section starts on its own slide.
+
+    A markdown cell that holds text and then a heading (``#`` to ``###``, outside fenced code) is
+    cut before the heading; the first part keeps the cell's id and metadata, the others get new
+    ids. The text is unchanged, so the notebook reads exactly as before. Only markdown cells
+    change, so stored outputs stay valid. Returns whether anything changed.
+    """
+    taken = {cell.get("id") for cell in nb.cells}
+    cells, changed = [], False
+    for cell in nb.cells:
+        parts = _split_markdown(cell.source) if cell.cell_type == "markdown" else [cell.source]
+        if len(parts) == 1:
+            cells.append(cell)
+            continue
+        changed = True
+        cell.source = parts[0]
+        cells.append(cell)
+        for k, part in enumerate(parts[1:], start=1):
+            piece = nbformat.v4.new_markdown_cell(part)
+            base = f"{cell.get('id') or 'md'}"[:56]
+            n = k
+            while f"{base}-{n}" in taken:
+                n += 1
+            piece.id = f"{base}-{n}"
+            taken.add(piece.id)
+            cells.append(piece)
+    nb.cells = cells
+    return changed
+
+
 def apply(nb: nbformat.NotebookNode) -> bool:
     """Write the planned slide types and :data:`RISE_SETTINGS` into ``nb``'s metadata.
 
@@ -192,6 +244,12 @@ def apply(nb: nbformat.NotebookNode) -> bool:
             rise[key] = value
             changed = True
     return changed
+
+
+def split_and_apply(nb: nbformat.NotebookNode) -> bool:
+    """:func:`split_at_headings`, then :func:`apply`: what ``python -m course_lib.notebooks slides`` does."""
+    split = split_at_headings(nb)
+    return apply(nb) or split
 
 
 def stored_types(nb: nbformat.NotebookNode) -> list[str | None]:

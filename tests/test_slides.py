@@ -175,6 +175,32 @@ def test_slides_command_rewrites_metadata_once_and_outline_writes_nothing(tmp_pa
     assert [(c.source, c.get("outputs")) for c in after.cells] == [(c.source, c.get("outputs")) for c in nb.cells]
 
 
+def test_split_at_headings_gives_each_heading_its_own_cell():
+    nb = notebook(new_markdown_cell("End of section 1.\n\n## 2. Next\n\nIntro.\n### 2.1 Detail\ntext\n#### small\nmore"),
+                  code(),
+                  new_markdown_cell("## 3. Heading first\n\n### Straight into a subsection\n\ntext"),
+                  new_markdown_cell("```\nfenced text\n## not a heading\n```"))
+    nb.cells[0].id, nb.cells[0].metadata["tags"] = "abc", ["keep"]
+    code_before = nb.cells[1]
+    assert slides.split_at_headings(nb) is True
+    assert [c.source for c in nb.cells] == [
+        "End of section 1.", "## 2. Next\n\nIntro.", "### 2.1 Detail\ntext\n#### small\nmore", code_before.source,
+        "## 3. Heading first\n\n### Straight into a subsection\n\ntext",  # nothing but a heading above: kept
+        "```\nfenced text\n## not a heading\n```"]
+    assert nb.cells[3] is code_before
+    assert [c.id for c in nb.cells[:3]] == ["abc", "abc-1", "abc-2"] and nb.cells[0].metadata["tags"] == ["keep"]
+    assert len({c.id for c in nb.cells}) == len(nb.cells)
+    nbformat.validate(nb)
+    assert slides.split_at_headings(nb) is False  # idempotent
+
+
+def test_split_ids_never_collide():
+    nb = notebook(new_markdown_cell("text\n## A"), new_markdown_cell("## B"))
+    nb.cells[0].id, nb.cells[1].id = "x", "x-1"
+    slides.split_at_headings(nb)
+    assert [c.id for c in nb.cells] == ["x", "x-2", "x-1"]
+
+
 def test_there_are_notebooks():
     assert PATHS
 
@@ -183,6 +209,9 @@ def test_there_are_notebooks():
 def test_committed_notebook_carries_the_current_slides(path):
     nb = nbformat.read(path, as_version=4)
     decisions = plan(nb)
+    assert slides.split_at_headings(nbformat.read(path, as_version=4)) is False, (
+        f"{path.name}: a heading shares a cell with the text above it; run "
+        f"`python -m course_lib.notebooks slides {path.stem[:2]}`")
     assert slides.stored_types(nb) == [d.slide_type for d in decisions], (
         f"{path.name}: run `python -m course_lib.notebooks slides {path.stem[:2]}`")
     assert {k: nb.metadata.get("rise", {}).get(k) for k in slides.RISE_SETTINGS} == slides.RISE_SETTINGS
