@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from course_lib.masking import pad_sequences
 from course_lib.shapes import check_shape
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -319,11 +320,7 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
     results: list[str] = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        longest = max(len(encoded[i]) for i in chunk)
-        src = torch.full((len(chunk), longest), PAD_ID, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            src[row, :len(encoded[i])] = torch.tensor(encoded[i])
-        src = src.to(device)
+        src = pad_sequences([encoded[i] for i in chunk], pad_id=PAD_ID).to(device)  # (B, S)
         if cached:  # the same outputs, one new position per step (course_lib.kv_cache)
             from course_lib.kv_cache import beam_search_cached, greedy_search_cached
 
