@@ -87,3 +87,20 @@ def test_every_exercise_has_a_check(notebook):
     checks = sum(len(re.findall(r"^check_\w+\(", cell.source, re.M))
                  for cell in nb.cells if cell.cell_type == "code")
     assert checks >= count_solutions(nb), f"{path.name}: each exercise needs a check cell under it"
+
+
+def test_ignored_training_figures_stand_next_to_the_claims_that_hold_everywhere(notebook):
+    # A training result's exact figures move in the last digits from CPU to CPU, so nbval skips the cell
+    # that prints them; what the lesson claims must then be asserted in the very next code cell, which
+    # nbval does compare (README, "Training results print claims, not digits").
+    path, nb = notebook
+    code = [(i, cell) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"]
+    for n, (i, cell) in enumerate(code):
+        lines = [line.strip() for line in cell.source.splitlines()]
+        if "# NBVAL_IGNORE_OUTPUT" not in lines or "next cell states what holds" not in cell.source:
+            continue
+        assert n + 1 < len(code), f"{path.name} cell {i}: promises claims in the next cell, but it is the last one"
+        j, following = code[n + 1]
+        assert "NBVAL_IGNORE_OUTPUT" not in following.source, f"{path.name} cell {j}: the claims must be compared"
+        assert re.search(r"^\s*assert\b", following.source, re.M), (
+            f"{path.name} cell {j}: cell {i} ignores training figures, so this cell must assert what holds")
