@@ -33,6 +33,36 @@ def seed_everything(seed: int = DEFAULT_SEED) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def assert_claims(claims: dict[str, object]) -> None:
+    """Check what a training run must show on every machine, and print it: ``{claim: holds}``.
+
+    Training results differ in their last digits from CPU to CPU, so a notebook prints its exact
+    figures in a cell the tests ignore and states the lesson as claims with a tolerance, e.g.
+    ``{"two heads get at least 95% right": acc2 >= 0.95}``. Each claim that holds is printed as
+    ``✓ <claim>``; if any does not, an ``AssertionError`` names every one that fails.
+
+    Args:
+        claims: a non-empty dict from the claim's text to its truth value (a bool, or anything with
+            one truth value, such as a one-element tensor).
+    """
+    if not isinstance(claims, dict) or not claims:
+        raise TypeError(f"claims: expected a non-empty dict {{claim text: bool}}, got {claims!r}")
+    verdicts = {}
+    for claim, holds in claims.items():
+        if not isinstance(claim, str):
+            raise TypeError(f"claims: each key must be the claim's text (a str), got {claim!r}")
+        try:
+            verdicts[claim] = bool(holds)
+        except RuntimeError as error:  # e.g. a tensor of several elements
+            raise TypeError(f"claim {claim!r}: expected one truth value, got {type(holds).__name__} "
+                            f"({error}); reduce it with .all() or .any()") from None
+    failed = [claim for claim, holds in verdicts.items() if not holds]
+    if failed:
+        raise AssertionError("this claim does not hold here: " + "; ".join(failed))
+    for claim in verdicts:
+        print("✓", claim)
+
+
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())

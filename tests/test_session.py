@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib import environment_report, pick_device, seed_everything, setup
+from course_lib import assert_claims, environment_report, pick_device, seed_everything, setup
 from course_lib.session import DEVICE_ENV
 
 
@@ -94,3 +94,25 @@ def test_environment_report_lists_versions_and_device():
     assert "torch" in repr(report) and "<table>" in report._repr_html_()
     with pytest.raises(KeyError):
         report["no such row"]
+
+
+def test_assert_claims_prints_each_claim_that_holds(capsys):
+    assert_claims({"two heads are enough": True, "loss below 0.05": torch.tensor(0.01) < 0.05})
+    assert capsys.readouterr().out == "✓ two heads are enough\n✓ loss below 0.05\n"
+
+
+def test_assert_claims_names_every_claim_that_fails_and_prints_nothing(capsys):
+    with pytest.raises(AssertionError, match=r"this claim does not hold here: one head fails; BLEU above 10$"):
+        assert_claims({"one head fails": False, "two heads work": True, "BLEU above 10": 3.2 > 10})
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({}, "non-empty dict"),
+    ([("claim", True)], "non-empty dict"),
+    ({3: True}, "the claim's text"),
+    ({"every head": torch.tensor([True, False])}, r"one truth value.*\.all\(\) or \.any\(\)"),
+])
+def test_assert_claims_refuses_what_is_not_a_dict_of_claims(bad, message):
+    with pytest.raises(TypeError, match=message):
+        assert_claims(bad)
