@@ -20,9 +20,90 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from course_lib.shapes import check_shape
+
+
+def check_attention_inputs(**tensors) -> None:
+    """Refuse what matrix products would turn into a raw torch error or a wrong answer.
+
+    Each keyword names one input, e.g. ``check_attention_inputs(q=q, k=k)``. Every input must be
+    a floating ``torch.Tensor`` (a NumPy array is refused with the conversion to use), and all of
+    them must share one dtype and one device. Under ``torch.autocast`` mixed dtypes are allowed,
+    since autocast casts them itself.
+
+    Raises:
+        TypeError: an input is not a tensor, not floating point, or the dtypes differ.
+        ValueError: the inputs lie on different devices.
+    """
+    for name, x in tensors.items():
+        if isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: expected a torch.Tensor, got a NumPy array of shape {x.shape} and dtype "
+                            f"{x.dtype}; convert it with torch.from_numpy({name}) (or torch.as_tensor)")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a float torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            advice = (" (token ids go through an nn.Embedding first)" if not x.is_complex() and x.dtype != torch.bool
+                      else "")
+            raise TypeError(f"{name}: expected a float dtype (such as torch.float32), got {x.dtype}{advice}")
+    items = list(tensors.items())
+    (first, x0), rest = items[0], items[1:]
+    for name, x in rest:
+        if x.device != x0.device:
+            raise ValueError(f"{first} is on {x0.device} but {name} is on {x.device}: move them to one device, "
+                             f"e.g. {name}.to({first}.device)")
+    if torch.is_autocast_enabled(x0.device.type):
+        return
+    for name, x in rest:
+        if x.dtype != x0.dtype:
+            raise TypeError(f"{first} has dtype {x0.dtype} but {name} has {x.dtype}: attention needs one dtype, "
+                            f"e.g. {name}.to({first}.dtype)")
+
+
+def check_module_input(module: torch.nn.Module, **tensors) -> None:
+    """Each input must be a float tensor of the module's own dtype and device, named in the error.
+
+    Without this, integer token ids or a float16 input meet float32 weights inside ``nn.Linear`` and
+    fail with torch's "mat1 and mat2 must have the same dtype".
+    """
+    weight = next(module.parameters())
+    check_attention_inputs(**tensors)
+    for name, x in tensors.items():
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"{name}: expected {weight.dtype}, the dtype of {type(module).__name__}'s weights, "
+                            f"got {x.dtype}; convert the input with {name}.to({weight.dtype}) or the module "
+                            f"with .to({x.dtype})")
+        if x.device != weight.device:
+            raise ValueError(f"{name} is on {x.device} but {type(module).__name__}'s weights are on "
+                             f"{weight.device}: move one of them, e.g. {name}.to({str(weight.device)!r})")
+
+
+def refuse_ambiguous_mask(mask: torch.Tensor, scores_shape, mask_name: str = "mask") -> None:
+    """Refuse a mask whose first axis could be the batch axis but would broadcast onto another one.
+
+    Broadcasting lines shapes up from the right. A padding mask ``(B, T_k)`` given with scores
+    ``(B, T_q, T_k)`` lines ``B`` up with ``T_q``: when ``B == T_q`` no error comes and every
+    query of sentence ``b`` gets the padding of sentence ``b``'s *query position* instead. The
+    same shape could be a real ``(T_q, T_k)`` mask, so the shape alone cannot tell: this raises
+    a ValueError that shows both shapes to use instead.
+    """
+    scores_shape = tuple(scores_shape)
+    if mask.dim() >= len(scores_shape) or len(scores_shape) < 3 or mask.dim() < 2:
+        return
+    B, lead = scores_shape[0], mask.shape[0]
+    if lead > 1 and lead == B:
+        axis = len(scores_shape) - mask.dim()  # the scores axis that mask's first axis lines up with
+        rest = tuple(mask.shape[1:])
+        per_batch = (lead,) + (1,) * axis + rest
+        shared = (1,) * axis + tuple(mask.shape)
+        raise ValueError(
+            f"{mask_name} of shape {tuple(mask.shape)} is ambiguous with scores of shape {scores_shape}: "
+            f"broadcasting lines its first axis ({lead}) up with scores axis {axis} (size {scores_shape[axis]}), "
+            f"not with the batch axis (size {B}). If it holds one row per sentence (a padding mask (B, T_k)), "
+            f"pass {mask_name}[:{', None' * axis}] of shape {per_batch}; if the whole batch shares it, pass "
+            f"{mask_name}[{', '.join(['None'] * axis)}] of shape {shared}")
 
 
 def _check_mask(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -32,6 +113,9 @@ def _check_mask(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"mask: expected dtype bool (True = may attend) or a float additive mask, got {mask.dtype}; "
                         "convert a 0/1 mask with mask.bool()")
+    if mask.device != scores.device:
+        raise ValueError(f"mask is on {mask.device} but q and k are on {scores.device}: "
+                         f"use mask.to({str(scores.device)!r})")
     try:
         torch.broadcast_shapes(mask.shape, scores.shape)
     except RuntimeError:
@@ -39,11 +123,16 @@ def _check_mask(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
                          f"{tuple(scores.shape)} = (..., T_q, T_k)") from None
     if torch.broadcast_shapes(mask.shape, scores.shape) != scores.shape:
         raise ValueError(f"mask of shape {tuple(mask.shape)} would enlarge the scores' shape {tuple(scores.shape)}")
+    refuse_ambiguous_mask(mask, scores.shape)
     return mask
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Scores ``q @ k^T * scale``; ``scale`` defaults to 1/sqrt(d_k).
+    """Scores ``(q * scale) @ k^T``; ``scale`` defaults to 1/sqrt(d_k).
+
+    The scale is applied to ``q`` *before* the product, as PyTorch's
+    ``scaled_dot_product_attention`` does: the product of large queries and keys may overflow
+    in half precision (float16 ends at 65504) although the scaled scores are finite.
 
     Args:
         q: (..., T_q, d_k). k: (..., T_k, d_k).
@@ -51,11 +140,12 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     Returns:
         (..., T_q, T_k): row i holds query i's score against every key.
     """
+    check_attention_inputs(q=q, k=k)
     sizes = check_shape(q, "... T_q d_k", name="q", dtype="float")
     check_shape(k, "... T_k d_k", name="k", dtype="float", d_k=sizes["d_k"])
     if scale is None:
         scale = 1.0 / math.sqrt(sizes["d_k"])
-    return (q @ k.transpose(-2, -1)) * scale
+    return (q * scale) @ k.transpose(-2, -1)
 
 
 def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
@@ -96,6 +186,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     Returns:
         ``(output, weights)``: output (..., T_q, d_v) and weights (..., T_q, T_k).
     """
+    check_attention_inputs(q=q, k=k, v=v)
     sizes = check_shape(k, "... T_k d_k", name="k", dtype="float")
     check_shape(v, "... T_k d_v", name="v", dtype="float", T_k=sizes["T_k"])
     weights = attention_weights(q, k, mask, scale)
@@ -232,6 +323,7 @@ class SingleHeadAttention(torch.nn.Module):
         Returns:
             ``(q, k, v)``: (..., T_q, d_k), (..., T_k, d_k), (..., T_k, d_v).
         """
+        check_module_input(self, x=x) if context is None else check_module_input(self, x=x, context=context)
         check_shape(x, "... T_q d_model", name="x", dtype="float", d_model=self.d_model)
         if context is None:
             context = x

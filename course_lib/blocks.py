@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from course_lib.attention import check_module_input
 from course_lib.multihead import MultiHeadAttention
 from course_lib.shapes import check_int, check_shape
 
@@ -28,6 +29,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_module_input(self, x=x)
         check_shape(x, "... d_model", name="x", d_model=self.weight.shape[0])
         rms = torch.sqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return x / rms * self.weight
@@ -46,6 +48,9 @@ class FeedForward(nn.Module):
         self.linear2 = nn.Linear(d_ff, d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) -> (..., d_model), each position on its own."""
+        check_module_input(self, x=x)
+        check_shape(x, "... d_model", name="x", d_model=self.linear1.in_features)
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
 
@@ -73,6 +78,7 @@ class EncoderBlock(nn.Module):
         return self.dropout1(out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_module_input(self, x=x)
         check_shape(x, "B T d_model", name="x", d_model=self.norm1.normalized_shape[0])
         if self.norm_first:
             x = x + self._sa(self.norm1(x), mask)

@@ -15,20 +15,50 @@ decoders share them.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
 
 from course_lib.masking import pad_sequences
-from course_lib.shapes import check_shape
-from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from course_lib.shapes import check_int, check_shape
+from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+
+
+def output_budget(src: torch.Tensor, pad_id: int = PAD_ID) -> list[int]:
+    """The most tokens each sentence may generate: 1.5 x its own source length, plus 10.
+
+    The budget grows with the source, so a long sentence is not cut at a fixed length, and it
+    depends on that sentence alone, so a sentence decodes the same whatever else is in its batch.
+
+    Args:
+        src: (B, S) source ids, padded with ``pad_id``.
+
+    Returns:
+        B ints, one budget per sentence.
+    """
+    check_shape(src, "B S", name="src", dtype="int")
+    return [int(1.5 * n) + 10 for n in (src != pad_id).sum(dim=1).tolist()]
 
 
 def default_max_len(src: torch.Tensor, pad_id: int = PAD_ID) -> int:
-    """A generous output limit for a batch: 1.5 x its longest source, plus 10."""
-    longest = int((src != pad_id).sum(dim=1).max()) if src.numel() else 0
-    return int(1.5 * longest) + 10
+    """The largest :func:`output_budget` of a batch: 1.5 x its longest source, plus 10."""
+    return max(output_budget(src, pad_id), default=10)
+
+
+def sentence_budgets(src: torch.Tensor, max_len=None, pad_id: int = PAD_ID) -> list[int]:
+    """Per-sentence limits for a search: ``max_len`` None -> :func:`output_budget`; an int -> the same for
+    every sentence; a list (or 1-d tensor) of B ints -> one each. Refuses negative or non-integer limits."""
+    B = src.shape[0]
+    if max_len is None:
+        return output_budget(src, pad_id)
+    if isinstance(max_len, torch.Tensor) and max_len.dim() == 1 or isinstance(max_len, (list, tuple)):
+        limits = [check_int(m, f"max_len[{i}]", minimum=0) for i, m in enumerate(max_len)]
+        if len(limits) != B:
+            raise ValueError(f"max_len: expected one limit per sentence ({B}), got {len(limits)}")
+        return limits
+    return [check_int(max_len, "max_len", minimum=0)] * B
 
 
 def _strip(row: Sequence[int]) -> list[int]:
@@ -54,27 +84,31 @@ def never_generated(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def generate(next_logits: NextLogits, batch_size: int, max_len: int, choose, device=None) -> list[list[int]]:
+def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=None) -> list[list[int]]:
     """The token-by-token loop shared by greedy search and sampling, for any way of computing logits.
 
     Args:
         next_logits: ``(B, t)`` prefixes (BOS first) -> ``(B, V)`` logits of the next token.
-        batch_size: B. max_len: the most tokens generated per sentence.
+        batch_size: B.
+        max_len: the most tokens generated per sentence: one int for all, or B ints, one each
+            (see :func:`output_budget`); a sentence that reaches its own limit stops there.
         choose: ``(B, V)`` logits with PAD and BOS at ``-inf`` -> ``(B,)`` next tokens
             (argmax for greedy search).
 
     Returns:
         One id list per sentence, without BOS, cut after the first EOS.
     """
+    limits = [max_len] * batch_size if isinstance(max_len, Integral) else list(max_len)
+    limit = torch.tensor(limits, dtype=torch.long, device=device).reshape(batch_size)  # (B,)
     out = torch.full((batch_size, 1), BOS_ID, dtype=torch.long, device=device)
-    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    for _ in range(max_len):
+    done = limit <= 0
+    for step in range(max(limits, default=0)):
+        if bool(done.all()):
+            break
         logits = never_generated(next_logits(out))  # (B, V)
         next_token = choose(logits).masked_fill(done, PAD_ID)  # finished sentences get padding
         out = torch.cat([out, next_token[:, None]], dim=1)
-        done |= next_token == EOS_ID
-        if bool(done.all()):
-            break
+        done |= (next_token == EOS_ID) | (limit <= step + 1)
     return [_strip(row) for row in out[:, 1:].tolist()]
 
 
@@ -88,16 +122,24 @@ def _recompute(model, src: torch.Tensor) -> NextLogits:
 def greedy_search(model, src: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
     """Always take the most likely next token (never PAD or BOS).
 
+    ``max_len``: None gives each sentence its own :func:`output_budget`; or an int, or B ints.
     Returns one id list per sentence (EOS included when produced).
     """
     check_shape(src, "B S", name="src", dtype="int")
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     return generate(_recompute(model, src), src.shape[0], max_len, lambda logits: logits.argmax(dim=-1),
                     device=src.device)
 
 
 def length_penalty(length: int, alpha: float) -> float:
-    """GNMT's length normaliser ((5 + length) / 6) ** alpha; alpha = 0 compares raw log-probabilities."""
+    """GNMT's length normaliser ((5 + length) / 6) ** alpha; alpha = 0 compares raw log-probabilities.
+
+    ``length`` is a non-negative number of tokens; ``alpha`` a finite number (usually 0 to 2).
+    """
+    if isinstance(length, bool) or not isinstance(length, Real) or not length >= 0:
+        raise ValueError(f"length must be a non-negative number of tokens, got {length!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real) or not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number (0 = no length normalisation), got {alpha!r}")
     return ((5 + length) / 6) ** alpha
 
 
@@ -118,19 +160,22 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
             ``parents`` is None at the first step, then a (B*K,) long tensor: row i of ``tokens``
             extends row ``parents[i]`` of the previous call's tokens (a cached decoder reorders its
             cache by it before the step).
-        batch_size: B. beam_size: K. alpha: see :func:`length_penalty`. max_len: the most tokens.
+        batch_size: B. beam_size: K. alpha: see :func:`length_penalty`.
+        max_len: the most tokens per sentence, one int for all or B ints (see :func:`output_budget`);
+            at its limit a sentence's live hypotheses count as finished.
 
     Returns:
         The best finished hypothesis of each sentence (ids without BOS).
     """
     B, K = batch_size, beam_size
+    limits = [max_len] * B if isinstance(max_len, Integral) else list(max_len)
     tokens = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)
     parents = None
     scores = torch.full((B, K), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start as the same BOS: keep one
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
-    done = [False] * B
-    for step in range(1, max_len + 1):
+    done = [limit <= 0 for limit in limits]
+    for step in range(1, max(limits, default=0) + 1):
         logits = next_logits(tokens, parents).float()  # (B*K, V)
         logp = torch.log_softmax(logits, dim=-1)
         logp[:, [PAD_ID, BOS_ID]] = -math.inf  # never generate padding or a second BOS
@@ -166,14 +211,14 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
         parents = torch.tensor(rows, dtype=torch.long, device=device)
         tokens = torch.cat([tokens[parents], torch.tensor(next_tokens, device=device)[:, None]], dim=1)
         scores = torch.tensor(new_scores, device=device).reshape(B, K)
-    else:
-        live = scores.tolist()
-        for b in range(B):
-            if not done[b]:
+        live = None
+        for b in range(B):  # a sentence at its own limit: its live hypotheses count as finished
+            if not done[b] and step >= limits[b]:
+                live = scores.tolist() if live is None else live
                 for k in range(K):
                     if live[b][k] > -math.inf:
-                        finished[b].append((live[b][k] / length_penalty(max_len, alpha),
-                                            tokens[b * K + k, 1:].tolist()))
+                        finished[b].append((live[b][k] / length_penalty(step, alpha), tokens[b * K + k, 1:].tolist()))
+                done[b] = True
     return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
 
 
@@ -186,12 +231,13 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 4, alpha: float = 0.6
     all live hypotheses are ranked by total log-probability (PAD and BOS are never generated;
     scores stay the model's own log-probabilities); those ending in EOS among the top K
     are set aside as finished (scored by log-probability / :func:`length_penalty`), the best K
-    others stay live. A sentence is done once it has K finished hypotheses; at ``max_len`` the
-    live ones count as finished. The best finished hypothesis is returned.
+    others stay live. A sentence is done once it has K finished hypotheses; at its ``max_len``
+    (default: its own :func:`output_budget`) the live ones count as finished. The best finished
+    hypothesis is returned.
     """
     check_shape(src, "B S", name="src", dtype="int")
     K = check_beam_size(beam_size)
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     memory, src_mask = model.encode(src)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
     src_mask = src_mask.repeat_interleave(K, dim=0)
@@ -289,47 +335,101 @@ def sample(model, src: torch.Tensor, temperature: float = 1.0, top_k: int | None
         src: (B, S) source ids, PAD = 0, rows ending in EOS.
         temperature, top_k, top_p: see :func:`filter_logits`.
         generator: a ``torch.Generator`` (on ``src``'s device) for reproducible samples.
-        max_len: the most tokens per sentence (default :func:`default_max_len`).
+        max_len: the most tokens per sentence: None (each sentence its :func:`output_budget`), an int, or B ints.
 
     Returns:
         One id list per sentence (EOS included when produced).
     """
     check_shape(src, "B S", name="src", dtype="int")
     settings = check_sampling(temperature, top_k, top_p)
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     return generate(_recompute(model, src), src.shape[0], max_len,
                     lambda logits: sample_next_token(logits, *settings, generator=generator), device=src.device)
 
 
+def _too_long_warning(index: list[int], lengths: list[int], trained: int) -> str:
+    shown = ", ".join(f"sentence {i} ({n} tokens)" for i, n in list(zip(index, lengths))[:5])
+    more = f" and {len(index) - 5} more" if len(index) > 5 else ""
+    return (f"{shown}{more}: longer than any source the model was trained on (at most {trained} tokens, "
+            "EOS included); it will translate them, but expect a poor translation. Split long texts into "
+            "sentences before translating.")
+
+
+def _unknown_warning(unknown: dict[int, list[str]]) -> str:
+    shown = "; ".join(f"sentence {i}: {', '.join(repr(p) for p in pieces)}" for i, pieces in list(unknown.items())[:5])
+    more = f" and {len(unknown) - 5} more sentences" if len(unknown) > 5 else ""
+    return (f"text the tokenizer has never seen ({shown}{more}): each such piece is read as the one <unk> "
+            "token, so the translation cannot reproduce it.")
+
+
+def _cut_warning(index: list[int], budgets: list[int]) -> str:
+    shown = ", ".join(f"sentence {i} (budget {n} tokens)" for i, n in list(zip(index, budgets))[:5])
+    more = f" and {len(index) - 5} more" if len(index) > 5 else ""
+    return (f"{shown}{more}: the translation reached its length budget (1.5 x the source length + 10) "
+            "without an end-of-sentence token, so it stops there. The model is most likely repeating "
+            "itself; the text is returned as it stands.")
+
+
 @torch.no_grad()
 def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, alpha: float = 0.6,
-              batch_size: int = 64, device=None, cached: bool = True) -> list[str]:
+              batch_size: int = 64, device=None, cached: bool = True, warn: bool = True) -> list[str]:
     """Translate ``sentences`` (a list of str): greedy when ``beam_size == 1``, else beam search.
 
     Sentences are encoded, sorted by length into batches of ``batch_size`` (less padding), decoded
-    and returned in the original order. The model is put in eval mode. With ``cached`` (the
-    default) decoding keeps a key-value cache (:mod:`course_lib.kv_cache`); the translations are
-    the same either way, only the time differs.
+    and returned in the original order. Each sentence may generate up to its own
+    :func:`output_budget` (1.5 x its source length + 10 tokens), so a translation does not depend
+    on the other sentences of its batch. An empty or blank sentence translates to ``""``.
+    The model is put in eval mode. With ``cached`` (the default) decoding keeps a key-value cache
+    (:mod:`course_lib.kv_cache`); the translations are the same either way, only the time differs.
+
+    With ``warn`` (the default) a ``UserWarning`` names the sentences that hold text the tokenizer
+    has never seen (read as ``<unk>``), those longer than any source the model was trained on
+    (``model.trained_max_len``, when known) and those whose translation stopped at the budget
+    without an end-of-sentence token. Pass ``warn=False`` for a corpus evaluation that counts such
+    cases itself.
     """
     if isinstance(sentences, str):
         raise TypeError("translate takes a list of sentences; wrap a single one in a list")
+    sentences = list(sentences)
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences[{i}]: expected a str, got {type(sentence).__name__}")
+    check_beam_size(beam_size)
+    check_int(batch_size, "batch_size", minimum=1)
     device = device or next(model.parameters()).device
     model.eval()
-    encoded = [ids + [EOS_ID] for ids in tokenizer.encode_batch(list(sentences))]
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    results: list[str] = [""] * len(encoded)
+    results: list[str] = [""] * len(sentences)
+    todo = [i for i, sentence in enumerate(sentences) if sentence.strip()]  # blank ones stay ""
+    encoded = dict(zip(todo, (ids + [EOS_ID] for ids in tokenizer.encode_batch([sentences[i] for i in todo]))))
+    trained = getattr(model, "trained_max_len", None)
+    too_long = [i for i in todo if trained is not None and len(encoded[i]) > trained]
+    if warn and too_long:
+        warnings.warn(_too_long_warning(too_long, [len(encoded[i]) for i in too_long], trained), stacklevel=3)
+    spell = getattr(tokenizer, "unknown_pieces", None)
+    unknown = {i: spell(sentences[i]) for i in todo if UNK_ID in encoded[i]} if spell else {}
+    if warn and unknown:
+        warnings.warn(_unknown_warning(unknown), stacklevel=3)
+    order = sorted(todo, key=lambda i: len(encoded[i]))
+    cut: list[tuple[int, int]] = []
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         src = pad_sequences([encoded[i] for i in chunk], pad_id=PAD_ID).to(device)  # (B, S)
+        budgets = output_budget(src, PAD_ID)
         if cached:  # the same outputs, one new position per step (course_lib.kv_cache)
             from course_lib.kv_cache import beam_search_cached, greedy_search_cached
 
-            outputs = (greedy_search_cached(model, src) if beam_size == 1
-                       else beam_search_cached(model, src, beam_size, alpha))
+            outputs = (greedy_search_cached(model, src, budgets) if beam_size == 1
+                       else beam_search_cached(model, src, beam_size, alpha, budgets))
         else:
-            outputs = greedy_search(model, src) if beam_size == 1 else beam_search(model, src, beam_size, alpha)
-        for i, ids in zip(chunk, outputs):
+            outputs = (greedy_search(model, src, budgets) if beam_size == 1
+                       else beam_search(model, src, beam_size, alpha, budgets))
+        for i, ids, budget in zip(chunk, outputs, budgets):
             results[i] = tokenizer.decode(ids)
+            if len(ids) >= budget and EOS_ID not in ids:
+                cut.append((i, budget))
+    if warn and cut:
+        cut.sort()
+        warnings.warn(_cut_warning([i for i, _ in cut], [n for _, n in cut]), stacklevel=3)
     return results
 
 

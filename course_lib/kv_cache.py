@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from course_lib.attention import attention_weights
-from course_lib.decoding import (beam_search_loop, check_beam_size, check_sampling, default_max_len, generate,
-                                 sample_next_token)
+from course_lib.decoding import (beam_search_loop, check_beam_size, check_sampling, generate,
+                                 sample_next_token, sentence_budgets)
 from course_lib.multihead import MultiHeadAttention, merge_heads, split_heads
 from course_lib.shapes import check_int, check_shape
 from course_lib.transformer import DecoderBlock, Seq2SeqTransformer
@@ -233,6 +233,7 @@ class IncrementalDecoder:
         check_shape(tokens, "B", name="tokens", dtype="int", B=cache.batch_size)
         model, t = self.model, cache.length
         tokens = tokens.to(cache.src_mask.device)
+        model.check_ids(tokens, "tokens", model.tgt_embed)
         x = model.tgt_embed(tokens[:, None]) * math.sqrt(model.d_model)  # (B, 1, d_model)
         x = x + model.positions.encoding(1, start=t, dtype=x.dtype, device=x.device)  # position t only
         cache.tgt_keep = torch.cat([cache.tgt_keep, (tokens != model.pad_id)[:, None]], dim=1)  # (B, t + 1)
@@ -284,13 +285,14 @@ def greedy_search_cached(model: Seq2SeqTransformer, src: torch.Tensor, max_len: 
     """:func:`course_lib.decoding.greedy_search` with a KV cache: the same outputs (model in eval mode), less work.
 
     Args:
-        model: a Seq2SeqTransformer. src: (B, S) source ids. max_len: the most tokens per sentence.
+        model: a Seq2SeqTransformer. src: (B, S) source ids.
+        max_len: the most tokens per sentence: None (each its own ``output_budget``), an int, or B ints.
 
     Returns:
         One id list per sentence, without BOS, EOS included when produced.
     """
     check_shape(src, "B S", name="src", dtype="int")
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     decoder = IncrementalDecoder(model).start(src)
     return generate(lambda out: decoder.step(out[:, -1]), src.shape[0], max_len,
                     lambda logits: logits.argmax(dim=-1), device=src.device)
@@ -309,7 +311,7 @@ def beam_search_cached(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: 
     """
     check_shape(src, "B S", name="src", dtype="int")
     K = check_beam_size(beam_size)
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     B = src.shape[0]
     decoder = IncrementalDecoder(model).start(src)
     decoder.reorder(torch.arange(B, device=src.device).repeat_interleave(K))  # (B*K,) K copies of each sentence
@@ -329,7 +331,7 @@ def sample_cached(model: Seq2SeqTransformer, src: torch.Tensor, temperature: flo
     """:func:`course_lib.decoding.sample` with a KV cache: the same draws for the same generator state."""
     check_shape(src, "B S", name="src", dtype="int")
     settings = check_sampling(temperature, top_k, top_p)
-    max_len = default_max_len(src, model.pad_id) if max_len is None else max_len
+    max_len = sentence_budgets(src, max_len, model.pad_id)
     decoder = IncrementalDecoder(model).start(src)
     return generate(lambda out: decoder.step(out[:, -1]), src.shape[0], max_len,
                     lambda logits: sample_next_token(logits, *settings, generator=generator), device=src.device)

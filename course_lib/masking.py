@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from course_lib.attention import resolve_labels
+from course_lib.attention import refuse_ambiguous_mask, resolve_labels
 from course_lib.shapes import check_int, check_shape
 
 NEG_INF = float("-inf")
@@ -63,6 +63,7 @@ def _check_mask_fits(mask: torch.Tensor, scores: torch.Tensor, mask_name: str = 
     if shape != scores.shape:
         raise ValueError(f"{mask_name} of shape {tuple(mask.shape)} would enlarge scores of shape "
                          f"{tuple(scores.shape)} to {tuple(shape)}: a mask must broadcast to the scores' shape")
+    refuse_ambiguous_mask(mask, scores.shape, mask_name)
 
 
 # --- building masks ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from course_lib.attention import attention_weights
+from course_lib.attention import attention_weights, check_module_input
 from course_lib.masking import causal_mask
 from course_lib.shapes import check_int, check_shape
 
@@ -70,6 +70,7 @@ class MultiHeadAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         key = query if key is None else key
         value = key if value is None else value
+        check_module_input(self, query=query, key=key, value=value)
         sizes = check_shape(query, "B T_q d_model", name="query", d_model=self.d_model)
         check_shape(key, "B T_k d_model", name="key", B=sizes["B"], d_model=self.d_model)
         check_shape(value, "B T_k d_model", name="value", B=sizes["B"], d_model=self.d_model, T_k=key.shape[1])

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from course_lib.attention import scaled_dot_product_attention
+from course_lib.attention import check_attention_inputs, refuse_ambiguous_mask, scaled_dot_product_attention
 from course_lib.files import write_atomically
 from course_lib.shapes import check_int, check_shape
 
@@ -133,27 +133,40 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block
     Returns:
         (..., T_q, d_v)
     """
+    check_attention_inputs(q=q, k=k, v=v)
     sizes = check_shape(q, "... T_q d_k", name="q", dtype="float")
     k_sizes = check_shape(k, "... T_k d_k", name="k", dtype="float", d_k=sizes["d_k"])
     check_shape(v, "... T_k d_v", name="v", dtype="float", T_k=k_sizes["T_k"])
     check_int(block_size, "block_size", minimum=1)
     T_q, T_k = sizes["T_q"], k_sizes["T_k"]
+    try:
+        lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"batch axes of q {tuple(q.shape[:-2])}, k {tuple(k.shape[:-2])} and v "
+                         f"{tuple(v.shape[:-2])} do not broadcast") from None
     if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask: expected a bool mask (True = may attend), got dtype {mask.dtype}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask: expected a bool mask (True = may attend), got {got}")
+        if mask.device != q.device:
+            raise ValueError(f"mask is on {mask.device} but q is on {q.device}: use mask.to({str(q.device)!r})")
+        scores_shape = (*lead, T_q, T_k)
         try:
-            torch.broadcast_shapes(mask.shape[-2:], (T_q, T_k))
+            full = torch.broadcast_shapes(mask.shape, scores_shape)
         except RuntimeError:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to (..., T_q, T_k) = "
-                             f"(..., {T_q}, {T_k})") from None
+            full = None
+        if full != torch.Size(scores_shape):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
+                             f"{scores_shape} = (..., T_q, T_k)")
+        refuse_ambiguous_mask(mask, scores_shape)
     scale = 1.0 / math.sqrt(sizes["d_k"]) if scale is None else scale
-    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q = q * scale  # before the product, as in course_lib.attention: half precision survives large scores
     m = q.new_full((*lead, T_q), -math.inf)  # running maximum per query
     l = q.new_zeros((*lead, T_q))  # running sum of exp(score - m)
     acc = q.new_zeros((*lead, T_q, v.shape[-1]))  # running sum of exp(score - m) * value
     for start in range(0, T_k, block_size):
         stop = min(start + block_size, T_k)
-        s = (q @ k[..., start:stop, :].transpose(-2, -1)) * scale  # (..., T_q, block): the only scores held
+        s = q @ k[..., start:stop, :].transpose(-2, -1)  # (..., T_q, block): the only scores held
         if mask is not None:
             s = s.masked_fill(~mask[..., start:stop], -math.inf)
         m_b = s.amax(dim=-1)  # (..., T_q)

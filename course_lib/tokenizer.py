@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
+import torch
 
 from course_lib.files import write_atomically
 
@@ -242,7 +243,24 @@ class Tokenizer:
         return self.sp.encode(text, out_type=int)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.sp.encode(list(texts), out_type=int)
+        if isinstance(texts, str):
+            raise TypeError("encode_batch takes a list of str; use encode for a single text")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}]: expected a str, got {type(text).__name__}")
+        return self.sp.encode(texts, out_type=int)
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        """The parts of ``text`` that this vocabulary cannot spell, each encoded as the ``<unk>`` id.
+
+        Characters never seen in training (an emoji, a Chinese word) come out as UNK_ID, and the
+        model reads them all as the same token: a translation cannot reproduce them.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"unknown_pieces takes a str, got {type(text).__name__}")
+        pieces, ids = self.sp.encode(text, out_type=str), self.sp.encode(text, out_type=int)
+        return [piece.replace("\u2581", " ").strip() for piece, i in zip(pieces, ids) if i == UNK_ID]
 
     def pieces(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)
@@ -252,7 +270,13 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text for ``ids``; stops at the first EOS and skips PAD and BOS."""
+        if isinstance(ids, torch.Tensor) and ids.is_floating_point():
+            raise TypeError(f"decode takes int token ids, got a {ids.dtype} tensor")
         ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"decode: token ids must lie in 0..{self.vocab_size - 1} (the vocabulary has "
+                             f"{self.vocab_size} pieces), got {bad[0]}: were they made by another tokenizer or model?")
         if EOS_ID in ids:
             ids = ids[:ids.index(EOS_ID)]
         return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])

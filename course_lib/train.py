@@ -156,7 +156,8 @@ def build_model(recipe: Recipe, vocab_size: int | None = None):
     vocab = vocab_size or recipe.vocab_size
     return Seq2SeqTransformer(vocab, vocab, d_model=recipe.d_model, h=recipe.heads,
                               num_encoder_layers=recipe.encoder_layers, num_decoder_layers=recipe.decoder_layers,
-                              d_ff=recipe.d_ff, dropout=recipe.dropout, share_embeddings=True, pad_id=PAD_ID)
+                              d_ff=recipe.d_ff, dropout=recipe.dropout, share_embeddings=True, pad_id=PAD_ID,
+                              trained_max_len=recipe.max_len)
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], lowercase_tokenized: bool = False):
@@ -325,7 +326,7 @@ class Trainer:
         if pairs is None:
             pairs = self.val_pairs[:self.recipe.bleu_sentences]
         hypotheses = translate(self.model, self.tokenizer, [p[0] for p in pairs], beam_size=beam_size,
-                               device=self.device)
+                               device=self.device, warn=False)  # an evaluation: looping outputs count as they are
         return corpus_bleu(hypotheses, [p[1] for p in pairs])[0].score
 
     def run_epoch(self) -> EpochResult:
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = {}
         for beam in sorted({1, args.test_beam} - {0}):
             t0 = time.perf_counter()
-            hyps = translate(trainer.model, tokenizer, [p[0] for p in test], beam_size=beam, device=device)
+            hyps = translate(trainer.model, tokenizer, [p[0] for p in test], beam_size=beam, device=device, warn=False)
             seconds = time.perf_counter() - t0
             cased, signature = corpus_bleu(hyps, [p[1] for p in test])
             lower, lower_signature = corpus_bleu(hyps, [p[1] for p in test], lowercase_tokenized=True)

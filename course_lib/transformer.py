@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from course_lib.attention import check_module_input
 from course_lib.blocks import EncoderBlock, FeedForward, _copy_linear_norms
 from course_lib.masking import causal_mask
 from course_lib.multihead import MultiHeadAttention
@@ -54,6 +55,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        check_module_input(self, x=x, memory=memory)
         sizes = check_shape(x, "B T d_model", name="x", d_model=self.norm1.normalized_shape[0])
         check_shape(memory, "B S d_model", name="memory", B=sizes["B"], d_model=sizes["d_model"])
         if self.norm_first:
@@ -137,17 +139,21 @@ class Seq2SeqTransformer(nn.Module):
     and causal masks are built inside. With ``share_embeddings`` one matrix serves as
     source, target and output embedding (the vocabularies must then be the same).
     Embeddings start with std d_model^-0.5 and are multiplied by sqrt(d_model), so token
-    vectors and sinusoidal positions have comparable sizes.
+    vectors and sinusoidal positions have comparable sizes. ``trained_max_len`` records the
+    longest source the model is trained on (the recipe's ``max_len``); sinusoidal positions have
+    no hard limit, but :func:`~course_lib.decoding.translate` warns about longer sources.
     """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 256, h: int = 4,
                  num_encoder_layers: int = 3, num_decoder_layers: int = 3, d_ff: int = 1024,
                  dropout: float = 0.1, activation: str = "relu", norm_first: bool = True,
-                 share_embeddings: bool = False, pad_id: int = 0):
+                 share_embeddings: bool = False, pad_id: int = 0, trained_max_len: int | None = None):
         super().__init__()
         if share_embeddings and src_vocab != tgt_vocab:
             raise ValueError(f"share_embeddings needs one vocabulary, got src_vocab={src_vocab}, tgt_vocab={tgt_vocab}")
         self.d_model, self.pad_id = d_model, pad_id
+        #: the longest source (tokens, EOS included) in the training data, when known: translate() warns beyond it
+        self.trained_max_len = trained_max_len
         self.src_embed = nn.Embedding(src_vocab, d_model)
         self.tgt_embed = self.src_embed if share_embeddings else nn.Embedding(tgt_vocab, d_model)
         for embedding in dict.fromkeys([self.src_embed, self.tgt_embed]):  # fixed order, each table once
@@ -163,6 +169,18 @@ class Seq2SeqTransformer(nn.Module):
     def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
         return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model)))
 
+    def check_ids(self, ids: torch.Tensor, name: str, embedding: nn.Embedding) -> None:
+        """Token ids must lie in the vocabulary and on the model's device (else a clear error, not torch's IndexError)."""
+        weight = embedding.weight
+        if ids.device != weight.device:
+            raise ValueError(f"{name} is on {ids.device} but the model is on {weight.device}: "
+                             f"use {name}.to({str(weight.device)!r})")
+        if ids.numel():
+            low, high, V = int(ids.min()), int(ids.max()), embedding.num_embeddings
+            if low < 0 or high >= V:
+                raise ValueError(f"{name}: token ids must lie in 0..{V - 1} (the vocabulary has {V} entries), got ids "
+                                 f"from {low} to {high}: were they made by another tokenizer?")
+
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
         """(B, S) ids -> (B, 1, 1, S) bool, True at real tokens."""
         return (src != self.pad_id)[:, None, None, :]
@@ -175,12 +193,14 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) ids -> (memory (B, S, d_model), source mask (B, 1, 1, S))."""
         check_shape(src, "B S", name="src", dtype="int")
+        self.check_ids(src, "src", self.src_embed)
         mask = self.source_mask(src)
         return self.transformer.encode(self._embed(src, self.src_embed), mask), mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and the encoder's memory -> logits (B, T, tgt_vocab)."""
         check_shape(tgt_in, "B T", name="tgt_in", dtype="int")
+        self.check_ids(tgt_in, "tgt_in", self.tgt_embed)
         x = self.transformer.decode(self._embed(tgt_in, self.tgt_embed), memory, self.target_mask(tgt_in), src_mask)
         return self.out(x)
 

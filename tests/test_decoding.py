@@ -7,13 +7,15 @@ search over every output sequence up to a small length, batches against one sent
 import itertools
 import math
 import random
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 from course_lib.decoding import (beam_search, beam_search_loop, default_max_len, filter_logits, greedy_search,
-                                 length_penalty, sample, sample_next_token, translate)
+                                 length_penalty, output_budget, sample, sample_next_token, sentence_budgets,
+                                 translate)
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_sentencepiece
 from course_lib.transformer import Seq2SeqTransformer, greedy_decode
 from decoding_helpers import batch as _batch, random_sources as _random_sources
@@ -200,9 +202,12 @@ def test_searches_never_produce_pad_or_bos():
 def test_default_limit_and_zero_length():
     model = _model(seed=1, eos_bias=-20.0)  # EOS never wins: the outputs run to the limit
     src = _batch([[5, 6, EOS_ID], [4, 4, 4, 4, EOS_ID]])
-    limit = default_max_len(src)
-    assert [len(o) for o in greedy_search(model, src)] == [limit, limit]
-    assert [len(o) for o in beam_search(model, src, beam_size=2)] == [limit, limit]
+    budgets = output_budget(src)
+    assert budgets == [int(1.5 * 3) + 10, int(1.5 * 5) + 10] and default_max_len(src) == max(budgets)
+    assert [len(o) for o in greedy_search(model, src)] == budgets  # each sentence its own budget
+    assert [len(o) for o in beam_search(model, src, beam_size=2)] == budgets
+    assert [len(o) for o in greedy_search(model, src, max_len=7)] == [7, 7]
+    assert [len(o) for o in greedy_search(model, src, max_len=[3, 0])] == [3, 0]
     assert greedy_search(model, src, max_len=0) == [[], []]
     assert beam_search(model, src, beam_size=2, max_len=0) == [[], []]
 
@@ -299,7 +304,7 @@ def tokenizer():
 
 def test_translate_keeps_order_and_matches_the_searches(tokenizer):
     model = _model(tokenizer.vocab_size, seed=3, eos_bias=1.0, suppress_pad_bos=True)
-    sentences = ["rot hund läuft", "katze", "groß klein baum haus rot blau", "", "hund schläft"]
+    sentences = ["rot hund läuft", "katze", "groß klein baum haus rot blau", "blau", "hund schläft"]
     src = _batch([tokenizer.encode(s) + [EOS_ID] for s in sentences])
     for beam_size in (1, 3):
         results = translate(model, tokenizer, sentences, beam_size=beam_size, batch_size=2)
@@ -325,6 +330,76 @@ def test_translate_errors(tokenizer):
         translate(model, tokenizer, "rot hund")
     with pytest.raises(ValueError, match="beam_size"):
         translate(model, tokenizer, ["rot hund"], beam_size=0)
+    with pytest.raises(TypeError, match="sentences\\[1\\]: expected a str, got int"):
+        translate(model, tokenizer, ["rot hund", 3])
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        translate(model, tokenizer, ["rot hund"], batch_size=0)
+
+
+def test_translate_gives_blank_sentences_an_empty_translation(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=3, eos_bias=1.0, suppress_pad_bos=True)
+    for beam_size in (1, 3):
+        results = translate(model, tokenizer, ["", "rot hund", "   ", "\t\n"], beam_size=beam_size)
+        assert results[0] == results[2] == results[3] == "", "a blank sentence must translate to ''"
+        assert results[1] == translate(model, tokenizer, ["rot hund"], beam_size=beam_size)[0]
+
+
+LONG_GERMAN = " ".join(["rot hund läuft katze"] * 44)  # 176 words
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_translate_gives_a_looping_sentence_the_same_output_in_any_batch(tokenizer, beam_size):
+    model = _model(tokenizer.vocab_size, seed=1, eos_bias=-50.0, suppress_pad_bos=True)  # never ends
+    sentences = ["katze", "rot hund läuft", " ".join(["rot hund läuft katze"] * 6)]
+    with pytest.warns(UserWarning, match="reached its length budget"):
+        together = translate(model, tokenizer, sentences, beam_size=beam_size)
+    alone = [translate(model, tokenizer, [s], beam_size=beam_size, warn=False)[0] for s in sentences]
+    assert together == alone, "a sentence's translation changed with the other sentences of its batch"
+
+
+def test_the_output_budget_grows_with_the_source_and_a_cut_is_announced(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=1, eos_bias=-50.0, suppress_pad_bos=True)  # never ends
+    src = _batch([tokenizer.encode(LONG_GERMAN) + [EOS_ID]])
+    n = src.shape[1]
+    assert n > 176 and output_budget(src) == [int(1.5 * n) + 10]
+    assert [len(o) for o in greedy_search(model, src)] == output_budget(src)  # not cut at a fixed length
+    with pytest.warns(UserWarning, match=rf"sentence 0 \(budget {int(1.5 * n) + 10} tokens\).*length budget"):
+        translate(model, tokenizer, [LONG_GERMAN])
+
+
+def test_translate_warns_about_a_source_longer_than_the_training_data(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=3, eos_bias=5.0, suppress_pad_bos=True)  # ends at once
+    model.trained_max_len = 8
+    n = len(tokenizer.encode(LONG_GERMAN)) + 1
+    with pytest.warns(UserWarning, match=rf"sentence 1 \({n} tokens\): longer than any source the model was "
+                                         r"trained on \(at most 8 tokens"):
+        translate(model, tokenizer, ["katze", LONG_GERMAN])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        translate(model, tokenizer, ["katze", "rot hund"])  # short sources: no warning
+        translate(model, tokenizer, ["katze", LONG_GERMAN], warn=False)  # an evaluation silences it
+
+
+def test_translate_names_text_the_tokenizer_has_never_seen(tokenizer):
+    model = _model(tokenizer.vocab_size, seed=3, eos_bias=5.0, suppress_pad_bos=True)
+    with pytest.warns(UserWarning, match=r"text the tokenizer has never seen \(sentence 1: '你好'.*<unk>"):
+        translate(model, tokenizer, ["katze", "katze 你好"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        translate(model, tokenizer, ["katze 你好"], warn=False)
+
+
+def test_sentence_budgets_validates_limits():
+    src = _batch([[5, EOS_ID], [4, 4, 4, EOS_ID]])
+    assert sentence_budgets(src) == output_budget(src) == [13, 16]
+    assert sentence_budgets(src, 5) == [5, 5]
+    assert sentence_budgets(src, torch.tensor([2, 3])) == [2, 3]
+    with pytest.raises(ValueError, match="max_len must be a non-negative int, got -1"):
+        sentence_budgets(src, -1)
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        sentence_budgets(src, 2.5)
+    with pytest.raises(ValueError, match=r"max_len: expected one limit per sentence \(2\), got 3"):
+        sentence_budgets(src, [1, 2, 3])
 
 
 # --- the shared beam loop: the parents contract the cached decoder relies on ----------------------
@@ -529,9 +604,9 @@ def test_samples_are_well_formed_and_never_pad_or_bos():
             cut += not output or output[-1] != EOS_ID
     assert ended and cut
     assert sample(model, src[:2], max_len=0) == [[], []]
-    limit = default_max_len(src[:3])
     never_ends = _model(seed=1, eos_bias=-50.0)
-    assert [len(o) for o in sample(never_ends, src[:3], generator=torch.Generator().manual_seed(0))] == [limit] * 3
+    assert [len(o) for o in sample(never_ends, src[:3], generator=torch.Generator().manual_seed(0))] == \
+        output_budget(src[:3])
 
 
 def test_sample_errors():

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import sentencepiece as spm
+import torch
 
 from course_lib import data, tokenizer
 from course_lib.tokenizer import (BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START, Tokenizer, apply_bpe, count_pairs,
@@ -259,6 +260,29 @@ def test_decode_skips_pad_and_bos_and_stops_at_eos(small):
 def test_encode_refuses_a_list(small):
     with pytest.raises(TypeError, match="encode_batch"):
         small.encode(["a dog"])
+
+
+def test_encode_batch_and_decode_name_bad_input(small):
+    with pytest.raises(TypeError, match="encode_batch takes a list of str"):
+        small.encode_batch("a dog")
+    with pytest.raises(TypeError, match=r"texts\[1\]: expected a str, got NoneType"):
+        small.encode_batch(["a dog", None])
+    with pytest.raises(ValueError, match=rf"decode: token ids must lie in 0..{small.vocab_size - 1}.*got {small.vocab_size}"):
+        small.decode([5, small.vocab_size])  # sentencepiece's own error was "piece id is out of range"
+    with pytest.raises(ValueError, match="got -1"):
+        small.decode([-1])
+    with pytest.raises(TypeError, match="decode takes int token ids, got a torch.float32 tensor"):
+        small.decode(torch.tensor([5.0, 6.0]))
+    assert small.decode(torch.tensor([5, 6])) == small.decode([5, 6])
+
+
+def test_unknown_pieces_names_text_the_vocabulary_cannot_spell(small):
+    assert small.unknown_pieces("") == []
+    text = "a 你好 dog 😀"
+    pieces = small.unknown_pieces(text)
+    assert "你好" in pieces and "😀" in pieces
+    assert UNK_ID in small.encode(text)
+    assert small.unknown_pieces("a dog runs") == [] and UNK_ID not in small.encode("a dog runs")
 
 
 def test_save_and_load_round_trip(small, tmp_path):
