@@ -36,9 +36,11 @@ def encode_pairs(pairs: Sequence[tuple[str, str]], tokenizer, max_len: int | Non
     """
     if max_len is not None and (not isinstance(max_len, int) or max_len < 2):
         raise ValueError(f"max_len must be an int >= 2 or None, got {max_len!r}")
-    for i, pair in enumerate(pairs[:1]):
+    for i, pair in enumerate(pairs):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
             raise TypeError(f"pairs must hold (source text, target text) tuples; pairs[{i}] is {pair!r}")
+    if not callable(getattr(tokenizer, "encode_batch", None)):
+        raise TypeError(f"tokenizer: expected a course Tokenizer (with encode_batch), got {type(tokenizer).__name__}")
     srcs = tokenizer.encode_batch([p[0] for p in pairs])
     tgts = tokenizer.encode_batch([p[1] for p in pairs])
     examples = []

@@ -90,6 +90,9 @@ def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0, length: i
     for i, seq in enumerate(sequences):
         if isinstance(seq, torch.Tensor):
             ids = seq
+        elif isinstance(seq, (str, bytes)):
+            raise TypeError(f"sequences[{i}]: expected a list of int token ids, got the text {seq[:30]!r}: "
+                            "encode text with a tokenizer first")
         else:
             ids = torch.as_tensor(seq) if len(seq) else torch.zeros(0, dtype=torch.long)
         if ids.dim() != 1 or ids.is_floating_point() or ids.dtype == torch.bool:

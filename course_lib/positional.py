@@ -257,7 +257,7 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor | None = None, base: flo
         (..., T, d), the same shape and dtype as ``x``; every pair keeps its length.
     """
     sizes = check_shape(x, "... T d", name="x", dtype="float")
-    d = _check_d_model(sizes["d"], name="the last axis d of x")
+    d = _check_d_model(sizes["d"], name="d")  # x's last axis
     if positions is None:
         positions = torch.arange(sizes["T"], device=x.device)
     if not isinstance(positions, torch.Tensor):

@@ -193,6 +193,8 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) ids -> (memory (B, S, d_model), source mask (B, 1, 1, S))."""
         check_shape(src, "B S", name="src", dtype="int")
+        if src.shape[1] == 0:
+            raise ValueError(f"src of shape {tuple(src.shape)} has no tokens: every source needs at least its EOS")
         self.check_ids(src, "src", self.src_embed)
         mask = self.source_mask(src)
         return self.transformer.encode(self._embed(src, self.src_embed), mask), mask
@@ -200,6 +202,8 @@ class Seq2SeqTransformer(nn.Module):
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and the encoder's memory -> logits (B, T, tgt_vocab)."""
         check_shape(tgt_in, "B T", name="tgt_in", dtype="int")
+        if tgt_in.shape[1] == 0:
+            raise ValueError(f"tgt_in of shape {tuple(tgt_in.shape)} has no tokens: the decoder input starts with BOS")
         self.check_ids(tgt_in, "tgt_in", self.tgt_embed)
         x = self.transformer.decode(self._embed(tgt_in, self.tgt_embed), memory, self.target_mask(tgt_in), src_mask)
         return self.out(x)

@@ -112,3 +112,39 @@ def test_the_cached_decoder_names_a_token_outside_the_vocabulary():
     with pytest.raises(ValueError, match=r"tokens: token ids must lie in 0..9.*got ids from 12 to 12"):
         decoder.step(torch.tensor([12]))
     assert decoder.step(torch.tensor([1])).shape == (1, 10)
+
+
+def test_an_empty_source_or_decoder_input_is_named():
+    model = _model()
+    with pytest.raises(ValueError, match=r"src of shape \(2, 0\) has no tokens: every source needs at least its EOS"):
+        model.encode(torch.ones(2, 0, dtype=torch.long))  # was "T must be a positive int, got 0"
+    with pytest.raises(ValueError, match=r"src of shape \(1, 0\) has no tokens"):
+        greedy_search(model, torch.ones(1, 0, dtype=torch.long))
+    memory, src_mask = model.encode(torch.tensor([[4, 2]]))
+    with pytest.raises(ValueError, match=r"tgt_in of shape \(1, 0\) has no tokens: the decoder input starts with BOS"):
+        model.decode(torch.ones(1, 0, dtype=torch.long), memory, src_mask)
+
+
+def test_text_where_token_ids_belong_is_named():
+    from course_lib.masking import pad_sequences
+
+    with pytest.raises(TypeError, match=r"sequences\[1\]: expected a list of int token ids, got the text 'ein hund'"):
+        pad_sequences([[4, 5], "ein hund"])  # was torch's "new(): invalid data type 'str'"
+
+
+def test_encode_pairs_checks_every_pair_and_the_tokenizer():
+    from course_lib.batching import encode_pairs
+    from course_lib.tokenizer import train_sentencepiece
+
+    tok = train_sentencepiece(["ein hund", "a dog", "eine katze", "a cat"] * 10, vocab_size=30)
+    with pytest.raises(TypeError, match=r"pairs\[2\] is \('a', None\)"):
+        encode_pairs([("ein hund", "a dog"), ("eine katze", "a cat"), ("a", None)], tok)
+    with pytest.raises(TypeError, match="tokenizer: expected a course Tokenizer \\(with encode_batch\\), got NoneType"):
+        encode_pairs([("ein hund", "a dog")], None)
+
+
+def test_rope_names_its_odd_axis_readably():
+    from course_lib.positional import apply_rope
+
+    with pytest.raises(ValueError, match=r"^d must be even: .* got d=5$"):
+        apply_rope(torch.zeros(3, 5))
