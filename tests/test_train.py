@@ -252,6 +252,8 @@ def test_build_model_parameter_count_with_a_shared_embedding():
                         vocab_size=50)
     assert small.out.weight.shape == (50, 16) and small.src_embed.num_embeddings == 50
     assert small.pad_id == PAD_ID
+    assert model.trained_max_len == recipe.max_len  # translate() warns about longer sources
+    assert small.trained_max_len == recipe.__class__("tiny").max_len
 
 
 def test_corpus_bleu():
