@@ -345,7 +345,7 @@ def test_validate_is_the_token_weighted_loss_and_perplexity(trained):
 def test_bleu_on_given_pairs(trained):
     trainer = trained.trainer
     pairs = VAL[:5]
-    hypotheses = translate(trainer.model, trainer.tokenizer, [p[0] for p in pairs])
+    hypotheses = translate(trainer.model, trainer.tokenizer, [p[0] for p in pairs], warn=False)
     expected = corpus_bleu(hypotheses, [p[1] for p in pairs])[0].score
     assert trainer.bleu(pairs) == pytest.approx(expected)
     assert trainer.bleu([(de, de) for de, _ in pairs]) == pytest.approx(corpus_bleu(hypotheses, [p[0] for p in pairs])[0].score)
@@ -462,7 +462,8 @@ def test_export_and_load_pretrained_round_trip(tmp_path, trained):
         tgt_in = torch.full((len(sentences), 1), 1)
         assert torch.allclose(model(src, tgt_in), trainer.model(src, tgt_in), atol=0.05)
     assert greedy_search(model, src) == greedy_search(trainer.model, src)
-    assert translate(model, tokenizer, sentences) == translate(trainer.model, trainer.tokenizer, sentences)
+    assert translate(model, tokenizer, sentences, warn=False) == translate(trainer.model, trainer.tokenizer, sentences,
+                                                                  warn=False)
 
 
 def test_load_pretrained_accepts_the_tied_matrix_stored_twice(tmp_path, trained):
