@@ -106,24 +106,30 @@ def refuse_ambiguous_mask(mask: torch.Tensor, scores_shape, mask_name: str = "ma
             f"{mask_name}[{', '.join(['None'] * axis)}] of shape {shared}")
 
 
-def _check_mask(mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+def check_mask(mask: torch.Tensor, scores_shape, device) -> torch.Tensor:
+    """A bool or float mask that fits scores of ``scores_shape`` (..., T_q, T_k) on ``device``.
+
+    It must broadcast to the scores' shape without enlarging it, lie on the same device, and not be
+    ambiguous (:func:`refuse_ambiguous_mask`); otherwise a clear error says what came.
+    """
+    scores_shape = tuple(scores_shape)
     if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask: expected a bool or float tensor broadcastable to {tuple(scores.shape)}, "
+        raise TypeError(f"mask: expected a bool or float tensor broadcastable to {scores_shape}, "
                         f"got {type(mask).__name__}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise TypeError(f"mask: expected dtype bool (True = may attend) or a float additive mask, got {mask.dtype}; "
                         "convert a 0/1 mask with mask.bool()")
-    if mask.device != scores.device:
-        raise ValueError(f"mask is on {mask.device} but q and k are on {scores.device}: "
-                         f"use mask.to({str(scores.device)!r})")
+    if mask.device != torch.device(device):
+        raise ValueError(f"mask is on {mask.device} but q and k are on {device}: "
+                         f"use mask.to({str(device)!r})")
     try:
-        torch.broadcast_shapes(mask.shape, scores.shape)
+        torch.broadcast_shapes(mask.shape, scores_shape)
     except RuntimeError:
         raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
-                         f"{tuple(scores.shape)} = (..., T_q, T_k)") from None
-    if torch.broadcast_shapes(mask.shape, scores.shape) != scores.shape:
-        raise ValueError(f"mask of shape {tuple(mask.shape)} would enlarge the scores' shape {tuple(scores.shape)}")
-    refuse_ambiguous_mask(mask, scores.shape)
+                         f"{scores_shape} = (..., T_q, T_k)") from None
+    if torch.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} would enlarge the scores' shape {scores_shape}")
+    refuse_ambiguous_mask(mask, scores_shape)
     return mask
 
 
@@ -163,7 +169,7 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     """
     scores = attention_scores(q, k, scale)
     if mask is not None:
-        mask = _check_mask(mask, scores)
+        mask = check_mask(mask, scores.shape, scores.device)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:

@@ -23,7 +23,7 @@ import torch
 
 from course_lib.masking import pad_sequences
 from course_lib.shapes import check_int, check_shape
-from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, check_texts
 
 
 def output_budget(src: torch.Tensor, pad_id: int = PAD_ID) -> list[int]:
@@ -390,10 +390,7 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
     """
     if isinstance(sentences, str):
         raise TypeError("translate takes a list of sentences; wrap a single one in a list")
-    sentences = list(sentences)
-    for i, sentence in enumerate(sentences):
-        if not isinstance(sentence, str):
-            raise TypeError(f"sentences[{i}]: expected a str, got {type(sentence).__name__}")
+    sentences = check_texts(sentences, "sentences")
     check_beam_size(beam_size)
     check_int(batch_size, "batch_size", minimum=1)
     device = device or next(model.parameters()).device

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from course_lib.attention import check_attention_inputs, refuse_ambiguous_mask, scaled_dot_product_attention
+from course_lib.attention import check_attention_inputs, check_mask, scaled_dot_product_attention
 from course_lib.files import write_atomically
 from course_lib.shapes import check_int, check_shape
 
@@ -148,17 +148,7 @@ def blockwise_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TypeError(f"mask: expected a bool mask (True = may attend), got {got}")
-        if mask.device != q.device:
-            raise ValueError(f"mask is on {mask.device} but q is on {q.device}: use mask.to({str(q.device)!r})")
-        scores_shape = (*lead, T_q, T_k)
-        try:
-            full = torch.broadcast_shapes(mask.shape, scores_shape)
-        except RuntimeError:
-            full = None
-        if full != torch.Size(scores_shape):
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape "
-                             f"{scores_shape} = (..., T_q, T_k)")
-        refuse_ambiguous_mask(mask, scores_shape)
+        check_mask(mask, (*lead, T_q, T_k), q.device)
     scale = 1.0 / math.sqrt(sizes["d_k"]) if scale is None else scale
     q = q * scale  # before the product, as in course_lib.attention: half precision survives large scores
     m = q.new_full((*lead, T_q), -math.inf)  # running maximum per query

@@ -204,6 +204,15 @@ def apply_bpe(word: str, merges: Sequence[tuple[str, str]]) -> list[str]:
 
 # --- SentencePiece -------------------------------------------------------------------------------
 
+def check_texts(texts: Iterable[str], name: str) -> list[str]:
+    """``texts`` as a list in which every element is a str (a TypeError names the first that is not)."""
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{i}]: expected a str, got {type(text).__name__}")
+    return texts
+
+
 class Tokenizer:
     """A SentencePiece model with the course's special ids and a stable identity.
 
@@ -245,11 +254,7 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of str; use encode for a single text")
-        texts = list(texts)
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}]: expected a str, got {type(text).__name__}")
-        return self.sp.encode(texts, out_type=int)
+        return self.sp.encode(check_texts(texts, "texts"), out_type=int)
 
     def unknown_pieces(self, text: str) -> list[str]:
         """The parts of ``text`` that this vocabulary cannot spell, each encoded as the ``<unk>`` id.
