@@ -1,14 +1,92 @@
-"""Test-suite set-up shared by the unit tests and the nbval notebook runs."""
-import os
+"""Test-suite set-up shared by the unit tests and the nbval notebook runs.
 
-from course_lib.notebooks import KERNEL_ENV
+The suite runs on several processes (pytest-xdist, ``-n`` in pyproject.toml). The hooks below keep
+that correct and quick:
+
+- every cell of a notebook runs in the same worker, in order (nbval gives each notebook one kernel);
+  ``--dist=loadscope`` alone would do that too, and is what runs if this file's scheduler is not used;
+- the runs that take longest (notebooks, their second kernel path, the browser) start first, and a
+  worker takes the next one only when it is nearly done, so that no worker is left with a queue of
+  long runs while the other one idles;
+- in the workers, OpenMP threads sleep instead of spinning while they wait: two torch processes with
+  2 threads each on 2 cores otherwise slow each other down about 6 times over (measured: one epoch of
+  the quick recipe took 17 s alone, 25 s each for two at once with sleeping threads, 108 s each with
+  spinning ones).
+"""
+import os
+import re
+
+# Before torch is first imported (course_lib imports it), in this worker and every kernel it starts.
+# Only where workers share the cores: alone, a process runs about 1.4x faster with threads that spin.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+from course_lib.course import NOTEBOOKS  # noqa: E402
+from course_lib.notebooks import KERNEL_ENV  # noqa: E402
 
 # Every notebook kernel inherits this environment: the CPU as device (so a machine with a GPU
 # reproduces the stored CPU outputs) and a fixed hash seed.
 os.environ.update(KERNEL_ENV)
+
+HEAVY_FIRST = sorted(NOTEBOOKS, key=lambda nb: (not nb.amplifies_rounding, -nb.number))
 
 
 def pytest_configure(config):
     # On a fresh install matplotlib builds its font cache on first import and says so on stderr,
     # which nbval would report as an unexpected output of the first notebook: build it now.
     import matplotlib.font_manager  # noqa: F401
+
+
+def notebook_of(item) -> str | None:
+    """The notebook (``"11"``) that a test executes: an nbval cell, a second-path or a browser run."""
+    if type(item).__name__ == "IPyNbCell":
+        return item.path.name[:2]
+    if notebook_run(item.nodeid):
+        return re.search(r"\[(\d\d)_", item.nodeid).group(1)
+    return None
+
+
+def notebook_run(nodeid: str) -> bool:
+    """Whether a test id is one notebook's run in another setting (second kernel path, browser)."""
+    return bool(re.search(r"::test_notebook_\w+\[\d\d_", nodeid))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Notebook runs first, the longest first; then the unit tests, in their own order."""
+    rank = {f"{nb.number:02d}": i for i, nb in enumerate(HEAVY_FIRST)}
+
+    def order(indexed):
+        index, item = indexed
+        number = notebook_of(item)
+        return (0, rank[number], index) if number in rank else (1, 0, index)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=order)]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongRunsFirst(LoadScopeScheduling):
+        """xdist's ``loadscope`` in the order collected, with these units of work: all the cells of a
+        notebook (one kernel runs them in order), each other run of a notebook, and each module of
+        unit tests. A worker gets its next unit only when the last item of its current one is all it
+        has left (a worker must know its next item before it runs one), so that long runs are not
+        queued behind each other while the other worker idles."""
+
+        def _split_scope(self, nodeid):
+            if ".ipynb::" in nodeid or not notebook_run(nodeid):
+                return nodeid.split("::", 1)[0]  # a notebook's cells; a module of unit tests
+            return nodeid
+
+        def _reschedule(self, node):
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return LongRunsFirst(config, log)

@@ -23,6 +23,10 @@ class Notebook:
     concept: str  # what the learner builds there, in a few words
     needs: tuple[int, ...]  # notebooks to read first (direct prerequisites only)
     part: str
+    #: It trains or samples something: both magnify the last bits in which another CPU's rounding can
+    #: differ. The test suite runs such a notebook a second time on another kernel path
+    #: (course_lib.notebooks.SECOND_KERNEL_PATH).
+    amplifies_rounding: bool = False
 
     @property
     def filename(self) -> str:
@@ -45,15 +49,21 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook(1, "key_value_retrieval", "Key–value retrieval", "lookup as a weighted average", (0,), PARTS[0]),
     Notebook(2, "similarity_functions", "Similarity functions", "scoring a query against keys", (1,), PARTS[0]),
     Notebook(3, "softmax", "Softmax", "from scores to weights", (2,), PARTS[0]),
-    Notebook(4, "attention", "Attention", "scaled dot-product attention", (3,), PARTS[1]),
+    Notebook(4, "attention", "Attention", "scaled dot-product attention", (3,), PARTS[1],
+             amplifies_rounding=True),
     Notebook(5, "positional_encoding", "Positional encoding", "telling positions apart", (4,), PARTS[1]),
     Notebook(6, "masking", "Masking", "padding and causal masks", (4,), PARTS[1]),
-    Notebook(7, "multi_head_attention", "Multi-head attention", "several heads in parallel", (6,), PARTS[2]),
-    Notebook(8, "transformer_block", "The transformer block", "norm, residual, feed-forward", (7,), PARTS[2]),
-    Notebook(9, "encoder_decoder", "Encoder–decoder", "the whole Transformer", (5, 8), PARTS[2]),
+    Notebook(7, "multi_head_attention", "Multi-head attention", "several heads in parallel", (6,), PARTS[2],
+             amplifies_rounding=True),
+    Notebook(8, "transformer_block", "The transformer block", "norm, residual, feed-forward", (7,), PARTS[2],
+             amplifies_rounding=True),
+    Notebook(9, "encoder_decoder", "Encoder–decoder", "the whole Transformer", (5, 8), PARTS[2],
+             amplifies_rounding=True),
     Notebook(10, "translation_data", "Translation data", "Multi30k, subwords, batches", (6,), PARTS[3]),
-    Notebook(11, "training_translation", "Training the translator", "the training recipe", (9, 10), PARTS[3]),
-    Notebook(12, "decoding_and_evaluation", "Decoding and evaluation", "beam search, BLEU", (11,), PARTS[3]),
+    Notebook(11, "training_translation", "Training the translator", "the training recipe", (9, 10), PARTS[3],
+             amplifies_rounding=True),
+    Notebook(12, "decoding_and_evaluation", "Decoding and evaluation", "beam search, BLEU", (11,), PARTS[3],
+             amplifies_rounding=True),
     Notebook(13, "attention_at_scale", "Attention at scale", "cost, memory, KV cache", (12,), PARTS[3]),
 )
 

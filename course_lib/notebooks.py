@@ -30,6 +30,12 @@ from course_lib.course import NOTEBOOK_DIR, NOTEBOOKS, get_notebook
 #: Environment every notebook kernel gets, here and in the test suite (see conftest.py).
 KERNEL_ENV = {"COURSE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
 
+#: A second way for the same CPU to compute, for the test suite: torch's plain C++ kernels instead of
+#: the AVX2/AVX-512 ones it picks by itself (``ATEN_CPU_CAPABILITY``), and MKL's code path that gives
+#: the same bits on every x86 CPU instead of the one tuned for this one (``MKL_CBWR``). Both round
+#: sums in another order, as another CPU model does; a notebook must print the same text either way.
+SECOND_KERNEL_PATH = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
 
 def resolve(names: list[str] | None, directory: Path = NOTEBOOK_DIR) -> list[Path]:
     """Paths of the named notebooks, or of every notebook present when ``names`` is empty."""

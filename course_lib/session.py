@@ -162,8 +162,28 @@ def _version(module_name: str) -> str:
         return "not installed"
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the operating system gives it (``/proc/cpuinfo`` on Linux), else
+    what ``platform.processor()`` says, else ``"unknown"``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment_report() -> EnvironmentReport:
-    """Versions, hardware and the device the course would use on this machine."""
+    """Versions, hardware and the device the course would use on this machine.
+
+    ``CPU capability`` is the set of vector instructions torch's CPU kernels use here (``AVX512``,
+    ``AVX2``, ``DEFAULT`` for plain C++, ...; the ``ATEN_CPU_CAPABILITY`` variable can lower it).
+    Kernels for different capabilities, like different CPU models, may add numbers in a different
+    order and so differ in the last bits.
+    """
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         gpu = ", ".join(names)
@@ -174,7 +194,9 @@ def environment_report() -> EnvironmentReport:
     rows = (
         ("python", sys.version.split()[0]),
         ("platform", f"{platform.system()} {platform.machine()}"),
+        ("CPU", cpu_model()),
         ("CPU cores", str(os.cpu_count())),
+        ("CPU capability", torch.backends.cpu.get_cpu_capability()),
         ("torch threads", str(torch.get_num_threads())),
         ("torch", torch.__version__),
         ("CUDA build", str(torch.version.cuda)),

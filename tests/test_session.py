@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from course_lib import assert_claims, environment_report, pick_device, seed_everything, setup
+from course_lib.session import cpu_model
 from course_lib.session import DEVICE_ENV
 
 
@@ -91,6 +92,8 @@ def test_environment_report_lists_versions_and_device():
     assert report["torch"] == torch.__version__
     assert report["device chosen"] == pick_device().type
     assert report["CPU cores"] == str(os.cpu_count())
+    assert report["CPU capability"] == torch.backends.cpu.get_cpu_capability()
+    assert report["CPU"] == cpu_model() and cpu_model().strip()
     assert "torch" in repr(report) and "<table>" in report._repr_html_()
     with pytest.raises(KeyError):
         report["no such row"]
@@ -116,3 +119,21 @@ def test_assert_claims_names_every_claim_that_fails_and_prints_nothing(capsys):
 def test_assert_claims_refuses_what_is_not_a_dict_of_claims(bad, message):
     with pytest.raises(TypeError, match=message):
         assert_claims(bad)
+
+
+def test_cpu_model_reads_proc_cpuinfo_and_falls_back_to_the_platform(monkeypatch):
+    import builtins
+    import platform
+
+    real_open = builtins.open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    assert cpu_model() == "arm"
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert cpu_model() == "unknown"
