@@ -38,18 +38,20 @@ def pytest_configure(config):
     import matplotlib.font_manager  # noqa: F401
 
 
+RUN_KINDS = (("nbval", ".ipynb::"), ("second path", "::test_notebook_prints_the_same_on_the_second_kernel_path["),
+             ("browser", "::test_notebook_runs_cleanly_in_jupyterlab["))
+
+
 def notebook_of(item) -> str | None:
     """The notebook (``"11"``) that a test executes: an nbval cell, a second-path or a browser run."""
-    if type(item).__name__ == "IPyNbCell":
-        return item.path.name[:2]
-    if notebook_run(item.nodeid):
-        return re.search(r"\[(\d\d)_", item.nodeid).group(1)
-    return None
+    key = run_kind(item.nodeid)
+    return key[0] if key else None
 
 
 def notebook_run(nodeid: str) -> bool:
     """Whether a test id is one notebook's run in another setting (second kernel path, browser)."""
-    return bool(re.search(r"::test_notebook_\w+\[\d\d_", nodeid))
+    key = run_kind(nodeid)
+    return key is not None and key[1] != "nbval"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,6 +66,14 @@ def pytest_collection_modifyitems(config, items):
     items[:] = [item for _, item in sorted(enumerate(items), key=order)]
 
 
+def unit_of_work(nodeid: str) -> str:
+    """What one worker runs as a whole: a notebook's cells, one run of a notebook in another setting,
+    or a module of unit tests."""
+    if ".ipynb::" in nodeid or not notebook_run(nodeid):
+        return nodeid.split("::", 1)[0]
+    return nodeid
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
@@ -75,9 +85,7 @@ def pytest_xdist_make_scheduler(config, log):
         queued behind each other while the other worker idles."""
 
         def _split_scope(self, nodeid):
-            if ".ipynb::" in nodeid or not notebook_run(nodeid):
-                return nodeid.split("::", 1)[0]  # a notebook's cells; a module of unit tests
-            return nodeid
+            return unit_of_work(nodeid)
 
         def _reschedule(self, node):
             if node.shutting_down:
@@ -90,3 +98,42 @@ def pytest_xdist_make_scheduler(config, log):
             self._assign_work_unit(node)
 
     return LongRunsFirst(config, log)
+
+
+# --- what each notebook costs: printed at the end of every run that executed notebooks --------------
+
+COSTS: dict[tuple[str, str], float] = {}
+
+
+def run_kind(nodeid: str) -> tuple[str, str] | None:
+    """(notebook, kind) for a test that executes a notebook, e.g. ("11", "nbval"); None otherwise."""
+    for kind, marker in RUN_KINDS:
+        if marker in nodeid:
+            name = nodeid.split("::", 1)[0] if kind == "nbval" else nodeid.split("[", 1)[1]
+            match = re.search(r"(\d\d)_\w+\.ipynb", name)
+            if match:
+                return match.group(1), kind
+    return None
+
+
+def pytest_runtest_logreport(report):
+    key = run_kind(report.nodeid)
+    if key is not None:  # setup, call and teardown: a notebook's kernel starts in its first cell's setup
+        COSTS[key] = COSTS.get(key, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not COSTS:
+        return
+    kinds = [kind for kind, _ in RUN_KINDS]
+    terminalreporter.section("seconds per notebook (each worker shares the cores with the others)")
+    terminalreporter.write_line(f"{'notebook':<10}" + "".join(f"{kind:>13}" for kind in kinds) + f"{'all':>10}")
+    totals = dict.fromkeys(kinds, 0.0)
+    for number in sorted({number for number, _ in COSTS}):
+        row = [COSTS.get((number, kind)) for kind in kinds]
+        for kind, seconds in zip(kinds, row):
+            totals[kind] += seconds or 0.0
+        cells = "".join(f"{'-' if s is None else f'{s:.1f}':>13}" for s in row)
+        terminalreporter.write_line(f"{number:<10}{cells}{sum(s or 0.0 for s in row):>10.1f}")
+    terminalreporter.write_line(f"{'all':<10}" + "".join(f"{totals[k]:>13.1f}" for k in kinds)
+                                + f"{sum(totals.values()):>10.1f}")
