@@ -42,6 +42,17 @@ RUN_KINDS = (("nbval", ".ipynb::"), ("second path", "::test_notebook_prints_the_
              ("browser", "::test_notebook_runs_cleanly_in_jupyterlab["))
 
 
+def run_kind(nodeid: str) -> tuple[str, str] | None:
+    """(notebook, kind) for a test that executes a notebook, e.g. ("11", "nbval"); None otherwise."""
+    for kind, marker in RUN_KINDS:
+        if marker in nodeid:
+            name = nodeid.split("::", 1)[0] if kind == "nbval" else nodeid.split("[", 1)[1]
+            match = re.search(r"(\d\d)_\w+\.ipynb", name)
+            if match:
+                return match.group(1), kind
+    return None
+
+
 def notebook_of(item) -> str | None:
     """The notebook (``"11"``) that a test executes: an nbval cell, a second-path or a browser run."""
     key = run_kind(item.nodeid)
@@ -103,17 +114,6 @@ def pytest_xdist_make_scheduler(config, log):
 # --- what each notebook costs: printed at the end of every run that executed notebooks --------------
 
 COSTS: dict[tuple[str, str], float] = {}
-
-
-def run_kind(nodeid: str) -> tuple[str, str] | None:
-    """(notebook, kind) for a test that executes a notebook, e.g. ("11", "nbval"); None otherwise."""
-    for kind, marker in RUN_KINDS:
-        if marker in nodeid:
-            name = nodeid.split("::", 1)[0] if kind == "nbval" else nodeid.split("[", 1)[1]
-            match = re.search(r"(\d\d)_\w+\.ipynb", name)
-            if match:
-                return match.group(1), kind
-    return None
 
 
 def pytest_runtest_logreport(report):
