@@ -29,6 +29,7 @@ from course_lib.notebooks import KERNEL_ENV  # noqa: E402
 # reproduces the stored CPU outputs) and a fixed hash seed.
 os.environ.update(KERNEL_ENV)
 
+AMPLIFYING = {f"{nb.number:02d}" for nb in NOTEBOOKS if nb.amplifies_rounding}
 HEAVY_FIRST = sorted(NOTEBOOKS, key=lambda nb: (not nb.amplifies_rounding, -nb.number))
 
 
@@ -118,7 +119,7 @@ COSTS: dict[tuple[str, str], float] = {}
 
 def pytest_runtest_logreport(report):
     key = run_kind(report.nodeid)
-    if key is not None:  # setup, call and teardown: a notebook's kernel starts in its first cell's setup
+    if key is not None and not report.skipped:  # setup, call and teardown: a kernel starts in a cell's setup
         COSTS[key] = COSTS.get(key, 0.0) + report.duration
 
 
@@ -137,3 +138,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{number:<10}{cells}{sum(s or 0.0 for s in row):>10.1f}")
     terminalreporter.write_line(f"{'all':<10}" + "".join(f"{totals[k]:>13.1f}" for k in kinds)
                                 + f"{sum(totals.values()):>10.1f}")
+    second = sorted(number for number, kind in COSTS if kind == "browser" and number in AMPLIFYING)
+    if second:
+        terminalreporter.write_line(f"(the browser ran {', '.join(second)} on the second kernel path and compared "
+                                    "their outputs with the stored ones)")

@@ -11,6 +11,10 @@ To catch such a cell on the machine where it is written, every notebook that the
 in another order: torch's plain C++ kernels and MKL's CPU-independent code path
 (``course_lib.notebooks.SECOND_KERNEL_PATH``). The outputs are compared with the same stored ones
 as in the normal run, so a cell that passes there and fails here hangs on the last bits.
+
+In CI that second run is the browser test's (tests/browser: the notebooks that train or sample run
+there in a kernel on the second path, and their outputs are compared as nbval compares them); the
+nbval runs at the end of this file take its place where the browser test does not run every notebook.
 """
 import os
 import re
@@ -67,6 +71,16 @@ def test_the_second_path_really_changes_the_kernels():
     assert shown.stdout.strip() == "DEFAULT"
 
 
+# In CI (COURSE_REQUIRE_BROWSER=1, set by .ci/run) the browser test runs these notebooks in JupyterLab in
+# a kernel on the second kernel path and compares their outputs with the stored ones as nbval does
+# (tests/browser/lab.py: SECOND_PATH_KERNEL, output_differences); running them here as well would only
+# repeat that. Elsewhere (no Chromium, or a few notebooks chosen for the browser) they run here.
+BROWSER_RUNS_SECOND_PATH = (os.environ.get("COURSE_REQUIRE_BROWSER") == "1"
+                            and not os.environ.get("COURSE_BROWSER_NOTEBOOKS"))
+
+
+@pytest.mark.skipif(BROWSER_RUNS_SECOND_PATH, reason="the browser test runs these notebooks on the second "
+                    "kernel path and compares their outputs (COURSE_REQUIRE_BROWSER=1)")
 @pytest.mark.parametrize("nb", ON_SECOND_PATH, ids=lambda nb: nb.filename)
 def test_notebook_prints_the_same_on_the_second_kernel_path(nb, tmp_path):
     # A copy in a folder of its own, so that what the notebook writes next to the repository (notebook

@@ -37,3 +37,34 @@ def test_notebooks_that_train_or_sample_start_first_the_last_ones_first():
     marked = [nb.number for nb in NOTEBOOKS if nb.amplifies_rounding]
     assert order[:len(marked)] == sorted(marked, reverse=True)
     assert sorted(order) == [nb.number for nb in NOTEBOOKS]
+
+
+class Report:
+    def __init__(self, nodeid, duration, skipped=False):
+        self.nodeid, self.duration, self.skipped = nodeid, duration, skipped
+
+
+class Terminal:
+    def __init__(self):
+        self.lines = []
+
+    def section(self, title):
+        self.lines.append(f"== {title}")
+
+    def write_line(self, line):
+        self.lines.append(line)
+
+
+def test_the_cost_table_adds_up_each_notebooks_runs_and_leaves_out_skipped_ones(monkeypatch):
+    monkeypatch.setattr(conftest, "COSTS", {})
+    for nodeid, seconds in [(NBVAL, 2.0), ("notebooks/11_training_translation.ipynb::Cell 4", 3.0),
+                            (BROWSER, 7.5), (UNIT, 100.0), (SLIDES, 100.0)]:
+        conftest.pytest_runtest_logreport(Report(nodeid, seconds))
+    conftest.pytest_runtest_logreport(Report(SECOND, 0.1, skipped=True))
+    assert conftest.COSTS == {("11", "nbval"): 5.0, ("12", "browser"): 7.5}
+    terminal = Terminal()
+    conftest.pytest_terminal_summary(terminal)
+    rows = {line.split()[0]: line.split()[1:] for line in terminal.lines[2:5]}
+    assert rows == {"11": ["5.0", "-", "-", "5.0"], "12": ["-", "-", "7.5", "7.5"], "all": ["5.0", "0.0", "7.5", "12.5"]}
+    assert terminal.lines[-1] == ("(the browser ran 12 on the second kernel path and compared their outputs with "
+                                  "the stored ones)")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from course_lib.notebooks import resolve
-from lab import CHROMIUM_FLAGS, TIMINGS, VIEWPORT, LabServer, find_chromium, stage_notebooks
+from lab import CHROMIUM_FLAGS, SECOND_PATH_NOTEBOOKS, TIMINGS, VIEWPORT, LabServer, find_chromium, stage_notebooks
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -43,7 +43,7 @@ def lab(browser_tools, tmp_path_factory):
     """JupyterLab serving copies of the notebooks from a scratch folder."""
     workdir = tmp_path_factory.mktemp("jupyterlab")
     root = workdir / "root"
-    stage_notebooks(resolve([]), root)
+    stage_notebooks(resolve([]), root, second_path=SECOND_PATH_NOTEBOOKS)
     server = LabServer(root, workdir)
     try:
         server.start()

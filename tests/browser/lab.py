@@ -15,6 +15,7 @@ Playwright, so that the tests can say what is missing instead of failing to impo
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -27,15 +28,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 
 from course_lib.checks.core import _ICONS
+from course_lib.course import NOTEBOOKS
 from course_lib.student import count_solutions, student_notebook
 
-from course_lib.notebooks import KERNEL_ENV, resolve
+from course_lib.notebooks import KERNEL_ENV, SECOND_KERNEL_PATH, resolve
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STDERR_MIME = "application/vnd.jupyter.stderr"  # JupyterLab shows both stderr and tracebacks with it
@@ -46,6 +50,12 @@ CHROMIUM_FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 VIEWPORT = {"width": 1400, "height": 1000}
+# The kernel of the notebooks that train or sample: the same Python, on the second kernel path
+# (course_lib.notebooks.SECOND_KERNEL_PATH). Their outputs are compared with the stored ones.
+SECOND_PATH_KERNEL = "course-second-kernel-path"
+SECOND_PATH_DISPLAY_NAME = "Python 3 (second kernel path)"
+SECOND_PATH_NOTEBOOKS = frozenset(nb.filename for nb in NOTEBOOKS if nb.amplifies_rounding)
+SANITIZE_FILE = Path(__file__).resolve().parents[2] / "nbval_sanitize.cfg"  # as in pyproject.toml's addopts
 TIMINGS: list[str] = []  # one line per notebook, printed at the end of the run (see conftest.py)
 
 # Settings a fresh JupyterLab reads from its user-settings folder. Windowing "none" keeps every
@@ -122,7 +132,7 @@ def exercises(path: Path) -> int:
     return count_solutions(nbformat.read(path, as_version=4))
 
 
-def stage_notebooks(paths: list[Path], root: Path) -> None:
+def stage_notebooks(paths: list[Path], root: Path, second_path: Collection[str] = ()) -> None:
     """Copy the notebooks into ``root``: ``notebooks/`` as learners open them, ``stored/`` as committed.
 
     ``notebooks/`` holds the student edition of a notebook with exercises (every solution a stub,
@@ -133,6 +143,7 @@ def stage_notebooks(paths: list[Path], root: Path) -> None:
     time). Student editions keep every cell, so cell numbers, widgets and figures match the
     committed notebook. The kernels import ``course_lib`` from the installed (editable) package,
     which finds ``data/`` by its own location, and notebook 11's ``../runs`` lands in ``root``.
+    The notebooks named in ``second_path`` ask for the kernel :data:`SECOND_PATH_KERNEL`.
     """
     for folder in ("notebooks", "stored"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -146,7 +157,68 @@ def stage_notebooks(paths: list[Path], root: Path) -> None:
                 if cell.cell_type == "code":
                     cell.outputs, cell.execution_count = [], None
             nb.metadata.pop("widgets", None)
+        if path.name in second_path:
+            nb.metadata["kernelspec"] = {"name": SECOND_PATH_KERNEL, "language": "python",
+                                         "display_name": SECOND_PATH_DISPLAY_NAME}
         nbformat.write(nb, root / "notebooks" / path.name)
+
+
+# --- the outputs, compared as strict nbval compares them ------------------------------------
+
+# What nbval leaves out of a comparison (nbval.plugin.IPyNbFile.skip_compare, without nbdime).
+NBVAL_SKIP_COMPARE = ("metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
+                      WIDGET_MIME, "image/png", "image/jpeg")
+
+
+class _NbvalComparison:
+    """nbval's own comparison of one cell's outputs (sanitize patterns included), outside a pytest item."""
+
+    from nbval.plugin import IPyNbCell, nocolors
+
+    compare_outputs = IPyNbCell.compare_outputs
+    format_output_compare = IPyNbCell.format_output_compare
+    sanitize = IPyNbCell.sanitize
+    colors = nocolors
+    config = None
+    ihook = SimpleNamespace(pytest_assertrepr_compare=lambda **_: [])  # nbval's plain reference/new layout
+
+    def __init__(self, patterns: dict[str, str]):
+        self.parent = SimpleNamespace(sanitize_patterns=patterns, skip_compare=NBVAL_SKIP_COMPARE)
+        self.comparison_traceback: list[str] = []
+
+
+def compared_by_nbval(cell) -> bool:
+    """Whether strict nbval compares this code cell's outputs (no NBVAL_IGNORE_OUTPUT, NBVAL_SKIP...)."""
+    from nbval.plugin import find_comment_markers, find_metadata_tags
+
+    options = {**dict(find_metadata_tags(cell.metadata)), **dict(find_comment_markers(cell.source))}
+    return options.get("check", True) and not options.get("skip") and cell.execution_count is not None
+
+
+def output_differences(stored: nbformat.NotebookNode, ran: nbformat.NotebookNode,
+                       sanitize_file: Path) -> list[str]:
+    """The cells whose outputs in ``ran`` differ from those ``stored``, as strict nbval would report them.
+
+    ``ran`` is a run of the student edition of ``stored`` (or of a copy): a cell whose source differs
+    (a solution stubbed) and a cell whose output says a check is "not done yet" (a check of a stub)
+    are not compared; every other cell that nbval compares must show the stored text.
+    """
+    from nbval.plugin import coalesce_streams, get_sanitize_patterns
+
+    patterns = dict(get_sanitize_patterns(Path(sanitize_file).read_text()))
+    found = []
+    for i, (old, new) in enumerate(zip(stored.cells, ran.cells)):
+        if old.cell_type != "code" or old.source != new.source or not compared_by_nbval(old):
+            continue
+        if any(NOT_DONE in output.get("text", "") or NOT_DONE in output.get("data", {}).get("text/plain", "")
+               for output in new.outputs):
+            continue
+        comparison = _NbvalComparison(patterns)
+        fresh, reference = (coalesce_streams(copy.deepcopy(list(cell.outputs))) for cell in (new, old))
+        if not comparison.compare_outputs(fresh, reference):
+            found.append(f"cell {i} ({first_line(old.source)!r}) prints other text than the stored one:\n    "
+                         + "\n".join(comparison.comparison_traceback).replace("\n", "\n    "))
+    return found
 
 
 def check_reports(shown: list[dict], n_exercises: int) -> list[str]:
@@ -186,6 +258,11 @@ class LabServer:
         for name in ("settings", "workspaces", "config", "data", "runtime"):
             private[name] = self.workdir / name
             private[name].mkdir(parents=True, exist_ok=True)
+        spec = private["data"] / "kernels" / SECOND_PATH_KERNEL / "kernel.json"
+        spec.parent.mkdir(parents=True, exist_ok=True)
+        spec.write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": SECOND_PATH_DISPLAY_NAME, "language": "python", "env": SECOND_KERNEL_PATH}))
         for relative, values in LAB_SETTINGS.items():
             target = private["settings"] / relative
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +447,25 @@ def wait_for_run(page, timeout: float, poll: float = 0.5) -> str | None:
             return None
         time.sleep(poll)
     return f"the notebook was still running after {timeout:.0f} s"
+
+
+def save_notebook(page, path: Path, timeout: float = 60) -> nbformat.NotebookNode:
+    """File → Save Notebook; returns the notebook as JupyterLab wrote it to ``path``, outputs and all."""
+    before = path.stat().st_mtime_ns
+    page.get_by_role("menuitem", name="File", exact=True).click()
+    page.locator('.lm-Menu li[data-command="docmanager:save"]').click()  # "Save Notebook  Ctrl+S"
+    deadline = time.monotonic() + timeout
+    while path.stat().st_mtime_ns == before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"JupyterLab did not save {path.name} within {timeout:.0f} s")
+        time.sleep(0.2)
+    while True:  # the server writes the file in one go, but read it only once it parses
+        try:
+            return nbformat.read(path, as_version=4)
+        except (ValueError, json.JSONDecodeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_cells(page, settle: float = 10, poll: float = 0.25) -> list[dict]:

@@ -4,7 +4,11 @@ For each notebook, as a learner opens it (the student edition when it has exerci
 lab.stage_notebooks): open it, Run → Run All Cells, wait, then check the page. No cell may show
 an error or a warning, every cell must have run, every widget the committed notebook has must
 be drawn (not "Loading widget..." or "Error displaying widget"), every figure must be there, and
-every check of a student edition must say "not done yet".
+every check of a student edition must say "not done yet". The notebooks that train or sample
+(``amplifies_rounding`` on the course map) run in a kernel on the second kernel path
+(``course_lib.notebooks.SECOND_KERNEL_PATH``); they are saved from the page and each cell's outputs
+must equal the stored ones, compared as strict nbval compares them (tests/test_second_kernel_path.py
+says why).
 A screenshot of the top of each notebook, and of its first widget, goes to artifacts/browser/.
 
 Two notebooks are also opened as RISE slideshows (from their stored outputs, nothing is run):
@@ -19,11 +23,13 @@ Run only these tests with ``.venv/bin/python -m pytest tests/browser``; limit th
 """
 import time
 
+import nbformat
 import pytest
 
-from lab import (TIMINGS, WIDGET_MIME, check_reports, committed_cells, exercises, next_slide, notebook_title,
-                 open_notebook, open_slideshow, problems, read_cells, run_all_cells, scroll_to,
-                 selected_notebooks, slideshow_figures, wait_for_run)
+from lab import (SANITIZE_FILE, SECOND_PATH_KERNEL, SECOND_PATH_NOTEBOOKS, TIMINGS, WIDGET_MIME, check_reports, committed_cells,
+                 exercises, next_slide, notebook_title, open_notebook, open_slideshow, output_differences,
+                 problems, read_cells, run_all_cells, save_notebook, scroll_to, selected_notebooks,
+                 slideshow_figures, wait_for_run)
 
 pytestmark = pytest.mark.browser
 
@@ -63,6 +69,12 @@ def test_notebook_runs_cleanly_in_jupyterlab(path, lab, page, artifacts):
                    f"checked in {time.monotonic() - ran:.1f} s")
 
     found = problems(n_cells, expected, shown)
+    if path.name in SECOND_PATH_NOTEBOOKS and not interrupted:
+        kernels = sorted({session["kernel"]["name"] for session in lab.api("GET", "api/sessions")})
+        if kernels != [SECOND_PATH_KERNEL]:
+            found.append(f"the notebook ran in the kernel(s) {kernels}, not in {SECOND_PATH_KERNEL!r}")
+        ran_nb = save_notebook(page, lab.root / "notebooks" / path.name)
+        found += output_differences(nbformat.read(path, as_version=4), ran_nb, SANITIZE_FILE)
     if exercises(path):  # the page ran the student edition
         found += check_reports(shown, exercises(path))
     if interrupted:

@@ -1,10 +1,16 @@
 """The browser test's own logic, checked without a browser: what counts as a problem on the page."""
+import copy
+import json
+from pathlib import Path
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from lab import (STDERR_MIME, WIDGET_MIME, check_reports, committed_cells, exercises, notebook_title, problems,
-                 selected_notebooks, slideshow_figures, stage_notebooks)
+from course_lib.notebooks import SECOND_KERNEL_PATH
+from lab import (NOT_DONE, SANITIZE_FILE, SECOND_PATH_KERNEL, SECOND_PATH_NOTEBOOKS, STDERR_MIME, WIDGET_MIME,
+                 LabServer, check_reports, committed_cells, exercises, notebook_title, output_differences,
+                 problems, selected_notebooks, slideshow_figures, stage_notebooks)
 
 VIEW = {"model_id": "abc", "version_major": 2, "version_minor": 0}
 PNG = "iVBORw0KGgo="
@@ -142,3 +148,70 @@ def test_check_reports_want_every_check_not_done():
     assert found == ["1 check(s) say '⏳ Not done yet', but the student edition has 2 exercise(s) left as stubs"]
     found = check_reports(shown("⏳ Not done yet · f", "✅ Correct · g: matches"), 1)
     assert len(found) == 1 and found[0].startswith("a check passes with only a stub")
+
+
+def test_notebooks_that_train_or_sample_are_staged_for_the_second_kernel_path(notebook, tmp_path):
+    stage_notebooks([notebook], tmp_path / "root", second_path={notebook.name})
+    staged = nbformat.read(tmp_path / "root" / "notebooks" / notebook.name, as_version=4)
+    assert staged.metadata["kernelspec"]["name"] == SECOND_PATH_KERNEL
+    stage_notebooks([notebook], tmp_path / "other")
+    assert "kernelspec" not in nbformat.read(tmp_path / "other" / "notebooks" / notebook.name, as_version=4).metadata
+    assert "11_training_translation.ipynb" in SECOND_PATH_NOTEBOOKS and "00_start_here.ipynb" not in SECOND_PATH_NOTEBOOKS
+
+
+def test_the_second_path_kernel_is_installed_with_its_environment(tmp_path):
+    server = LabServer(tmp_path / "root", tmp_path)
+    env = server._environment()
+    spec = json.loads((Path(env["JUPYTER_DATA_DIR"]) / "kernels" / SECOND_PATH_KERNEL / "kernel.json").read_text())
+    assert spec["env"] == SECOND_KERNEL_PATH and "{connection_file}" in spec["argv"]
+
+
+def run_of(stored, **changes):
+    """A copy of ``stored`` as a run in JupyterLab might save it, with some cells' outputs replaced."""
+    ran = copy.deepcopy(stored)
+    for index, outputs in changes.items():
+        ran.cells[int(index.lstrip("c"))].outputs = outputs
+    return ran
+
+
+def stream(text, name="stdout"):
+    return new_output("stream", name=name, text=text)
+
+
+@pytest.fixture
+def printed():
+    """A stored notebook whose cells print: a claim, a loss, a timing, an ignored value, an exercise."""
+    return new_notebook(cells=[
+        new_code_cell("print('loss', loss)", execution_count=1, outputs=[stream("loss 0.4321\n")]),
+        new_code_cell("print(f'{t:.2f} s')", execution_count=2, outputs=[stream("1.23 s\n")]),
+        new_code_cell("# NBVAL_IGNORE_OUTPUT\nprint(norms)", execution_count=3, outputs=[stream("1.95 1.35\n")]),
+        new_code_cell("def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION", execution_count=4),
+        new_code_cell("check(f)", execution_count=5, outputs=[
+            new_output("execute_result", execution_count=5, data={"text/plain": "✅ Correct · f"})]),
+        new_code_cell("x", execution_count=6, outputs=[
+            new_output("execute_result", execution_count=6, data={"text/plain": "3", "text/html": "<b>3</b>"})]),
+    ])
+
+
+def test_a_run_that_prints_the_stored_text_has_no_output_differences(printed):
+    ran = run_of(printed, c1=[stream("9.87 s\n")], c2=[stream("2.00 1.00\n")])  # a timing, an ignored cell
+    ran.cells[0].outputs = [stream("loss "), stream("0.4321\n")]  # JupyterLab may keep a stream in pieces
+    ran.cells[3].source = "def f(x):\n    raise NotImplementedError"  # the student edition's stub
+    ran.cells[4].outputs = [new_output("execute_result", data={"text/plain": f"{NOT_DONE} · f: replace"})]
+    assert output_differences(printed, ran, SANITIZE_FILE) == []
+
+
+@pytest.mark.parametrize("changes, cell, shown", [
+    pytest.param({"c0": [stream("loss 0.4322\n")]}, "cell 0 (\"print('loss', loss)\")", "loss 0.4322",
+                 id="last-digit"),
+    pytest.param({"c0": [stream("loss 0.4321\n", name="stderr")]}, "cell 0", "Missing output fields from running "
+                 "code: {'stdout'}", id="stream-name"),
+    pytest.param({"c5": [new_output("execute_result", data={"text/plain": "3", "text/html": "<b>4</b>"})]},
+                 "cell 5 ('x')", "<b>4</b>", id="html"),
+    pytest.param({"c4": [new_output("execute_result", data={"text/plain": "✅ Correct · g"})]}, "cell 4",
+                 "Correct · g", id="check-of-another-cell"),
+    pytest.param({"c5": []}, "cell 5 ('x')", "Missing output fields", id="output-missing"),
+])
+def test_output_differences_name_the_cell_and_the_text(printed, changes, cell, shown):
+    found = output_differences(printed, run_of(printed, **changes), SANITIZE_FILE)
+    assert len(found) == 1 and found[0].startswith(cell) and shown in found[0], found
