@@ -115,30 +115,34 @@ def pytest_xdist_make_scheduler(config, log):
 # --- what each notebook costs: printed at the end of every run that executed notebooks --------------
 
 COSTS: dict[tuple[str, str], float] = {}
+RAN: set[tuple[str, str]] = set()  # runs that were not skipped: they reached their call phase
 
 
 def pytest_runtest_logreport(report):
     key = run_kind(report.nodeid)
-    if key is not None and not report.skipped:  # setup, call and teardown: a kernel starts in a cell's setup
+    if key is not None:  # setup, call and teardown: a notebook's kernel starts in its first cell's setup
         COSTS[key] = COSTS.get(key, 0.0) + report.duration
+        if report.when == "call":
+            RAN.add(key)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not COSTS:
+    costs = {key: seconds for key, seconds in COSTS.items() if key in RAN}
+    if not costs:
         return
     kinds = [kind for kind, _ in RUN_KINDS]
     terminalreporter.section("seconds per notebook (each worker shares the cores with the others)")
     terminalreporter.write_line(f"{'notebook':<10}" + "".join(f"{kind:>13}" for kind in kinds) + f"{'all':>10}")
     totals = dict.fromkeys(kinds, 0.0)
-    for number in sorted({number for number, _ in COSTS}):
-        row = [COSTS.get((number, kind)) for kind in kinds]
+    for number in sorted({number for number, _ in costs}):
+        row = [costs.get((number, kind)) for kind in kinds]
         for kind, seconds in zip(kinds, row):
             totals[kind] += seconds or 0.0
         cells = "".join(f"{'-' if s is None else f'{s:.1f}':>13}" for s in row)
         terminalreporter.write_line(f"{number:<10}{cells}{sum(s or 0.0 for s in row):>10.1f}")
     terminalreporter.write_line(f"{'all':<10}" + "".join(f"{totals[k]:>13.1f}" for k in kinds)
                                 + f"{sum(totals.values()):>10.1f}")
-    second = sorted(number for number, kind in COSTS if kind == "browser" and number in AMPLIFYING)
+    second = sorted(number for number, kind in costs if kind == "browser" and number in AMPLIFYING)
     if second:
         terminalreporter.write_line(f"(the browser ran {', '.join(second)} on the second kernel path and compared "
                                     "their outputs with the stored ones)")

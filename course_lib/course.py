@@ -27,6 +27,11 @@ class Notebook:
     #: differ. The test suite runs such a notebook a second time on another kernel path
     #: (course_lib.notebooks.SECOND_KERNEL_PATH).
     amplifies_rounding: bool = False
+    #: Whether that second run also puts MKL on its CPU-independent code path (``MKL_CBWR``), which changes
+    #: how matrix products add up but makes them about 3 times slower. The translation notebooks spend
+    #: most of their time in the translator's large products, so there it would double the run (see
+    #: course_lib.notebooks.second_kernel_path); they keep torch's plain kernels only.
+    second_path_mkl: bool = True
 
     @property
     def filename(self) -> str:
@@ -61,9 +66,9 @@ NOTEBOOKS: tuple[Notebook, ...] = (
              amplifies_rounding=True),
     Notebook(10, "translation_data", "Translation data", "Multi30k, subwords, batches", (6,), PARTS[3]),
     Notebook(11, "training_translation", "Training the translator", "the training recipe", (9, 10), PARTS[3],
-             amplifies_rounding=True),
+             amplifies_rounding=True, second_path_mkl=False),
     Notebook(12, "decoding_and_evaluation", "Decoding and evaluation", "beam search, BLEU", (11,), PARTS[3],
-             amplifies_rounding=True),
+             amplifies_rounding=True, second_path_mkl=False),
     Notebook(13, "attention_at_scale", "Attention at scale", "cost, memory, KV cache", (12,), PARTS[3]),
 )
 

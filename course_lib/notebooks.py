@@ -25,7 +25,7 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.course import NOTEBOOK_DIR, NOTEBOOKS, get_notebook
+from course_lib.course import NOTEBOOK_DIR, NOTEBOOKS, Notebook, get_notebook
 
 #: Environment every notebook kernel gets, here and in the test suite (see conftest.py).
 KERNEL_ENV = {"COURSE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
@@ -35,6 +35,20 @@ KERNEL_ENV = {"COURSE_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
 #: the same bits on every x86 CPU instead of the one tuned for this one (``MKL_CBWR``). Both round
 #: sums in another order, as another CPU model does; a notebook must print the same text either way.
 SECOND_KERNEL_PATH = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+
+
+def second_kernel_path(nb: Notebook) -> dict[str, str]:
+    """The environment of the second run of ``nb``: :data:`SECOND_KERNEL_PATH`, without ``MKL_CBWR``
+    where the course map says ``second_path_mkl=False``.
+
+    MKL's CPU-independent path is what makes the difference for a matrix product's bits, and it is
+    slow: on a 2-core AMD EPYC a (512 x 256) @ (256 x 8000) product took 59 ms instead of 19.5 ms, and
+    notebook 12 ran in 139 s with it, 74 s with ``ATEN_CPU_CAPABILITY`` alone (71 s natively);
+    notebook 11 in 152 s, 107 s and 72 s.
+    """
+    if not nb.amplifies_rounding:
+        raise ValueError(f"{nb.filename} neither trains nor samples (amplifies_rounding=False): it has no second run")
+    return {key: value for key, value in SECOND_KERNEL_PATH.items() if nb.second_path_mkl or key != "MKL_CBWR"}
 
 
 def resolve(names: list[str] | None, directory: Path = NOTEBOOK_DIR) -> list[Path]:

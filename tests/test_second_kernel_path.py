@@ -9,7 +9,8 @@ everywhere instead (README, "For maintainers").
 To catch such a cell on the machine where it is written, every notebook that the course map marks
 ``amplifies_rounding`` is executed a second time here, under strict nbval, in a kernel that adds
 in another order: torch's plain C++ kernels and MKL's CPU-independent code path
-(``course_lib.notebooks.SECOND_KERNEL_PATH``). The outputs are compared with the same stored ones
+(``course_lib.notebooks.second_kernel_path``; the translation notebooks leave MKL's out, which would
+double their time). The outputs are compared with the same stored ones
 as in the normal run, so a cell that passes there and fails here hangs on the last bits.
 
 In CI that second run is the browser test's (tests/browser: the notebooks that train or sample run
@@ -26,7 +27,7 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOKS
-from course_lib.notebooks import SECOND_KERNEL_PATH
+from course_lib.notebooks import SECOND_KERNEL_PATH, second_kernel_path
 
 REPO = NOTEBOOKS[0].path.parent.parent
 ON_SECOND_PATH = [nb for nb in NOTEBOOKS if nb.amplifies_rounding and nb.available]
@@ -66,9 +67,19 @@ def test_the_rule_finds_training_and_sampling_but_not_definitions_gradients_or_t
 def test_the_second_path_really_changes_the_kernels():
     # If torch ignored the variable, the second run would only repeat the first one.
     probe = "from course_lib import environment_report; print(environment_report()['CPU capability'])"
-    env = {**os.environ, **SECOND_KERNEL_PATH}
-    shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert shown.stdout.strip() == "DEFAULT"
+    for env in {tuple(second_kernel_path(nb).items()) for nb in ON_SECOND_PATH}:
+        shown = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **dict(env)}, capture_output=True,
+                               text=True, check=True)
+        assert shown.stdout.strip() == "DEFAULT", dict(env)
+
+
+def test_mkl_is_left_out_only_where_the_course_map_says_so():
+    for nb in ON_SECOND_PATH:
+        expected = SECOND_KERNEL_PATH if nb.second_path_mkl else {"ATEN_CPU_CAPABILITY": "default"}
+        assert second_kernel_path(nb) == expected, nb.filename
+    assert [nb.number for nb in ON_SECOND_PATH if not nb.second_path_mkl] == [11, 12]
+    with pytest.raises(ValueError, match="00_start_here.ipynb neither trains nor samples"):
+        second_kernel_path(NOTEBOOKS[0])
 
 
 # In CI (COURSE_REQUIRE_BROWSER=1, set by .ci/run) the browser test runs these notebooks in JupyterLab in
@@ -90,9 +101,9 @@ def test_notebook_prints_the_same_on_the_second_kernel_path(nb, tmp_path):
     shutil.copyfile(nb.path, copy)
     command = [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-q", "--tb=short",
                "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"), str(copy)]
-    env = {**os.environ, **SECOND_KERNEL_PATH}
+    env = {**os.environ, **second_kernel_path(nb)}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    settings = " ".join(f"{k}={v}" for k, v in SECOND_KERNEL_PATH.items())
+    settings = " ".join(f"{k}={v}" for k, v in second_kernel_path(nb).items())
     assert result.returncode == 0, (
         f"{nb.filename} passes strict nbval on this CPU's own kernels but not under {settings}: the cells "
         "below print digits that another CPU would round differently. Print a claim that holds everywhere "

@@ -40,8 +40,8 @@ def test_notebooks_that_train_or_sample_start_first_the_last_ones_first():
 
 
 class Report:
-    def __init__(self, nodeid, duration, skipped=False):
-        self.nodeid, self.duration, self.skipped = nodeid, duration, skipped
+    def __init__(self, nodeid, duration, when="call"):
+        self.nodeid, self.duration, self.when = nodeid, duration, when
 
 
 class Terminal:
@@ -57,11 +57,13 @@ class Terminal:
 
 def test_the_cost_table_adds_up_each_notebooks_runs_and_leaves_out_skipped_ones(monkeypatch):
     monkeypatch.setattr(conftest, "COSTS", {})
-    for nodeid, seconds in [(NBVAL, 2.0), ("notebooks/11_training_translation.ipynb::Cell 4", 3.0),
-                            (BROWSER, 7.5), (UNIT, 100.0), (SLIDES, 100.0)]:
-        conftest.pytest_runtest_logreport(Report(nodeid, seconds))
-    conftest.pytest_runtest_logreport(Report(SECOND, 0.1, skipped=True))
-    assert conftest.COSTS == {("11", "nbval"): 5.0, ("12", "browser"): 7.5}
+    monkeypatch.setattr(conftest, "RAN", set())
+    for nodeid, seconds, when in [(NBVAL, 1.5, "setup"), (NBVAL, 0.5, "call"), (UNIT, 100.0, "call"),
+                                  ("notebooks/11_training_translation.ipynb::Cell 4", 3.0, "call"),
+                                  (BROWSER, 7.5, "call"), (SLIDES, 100.0, "call"),
+                                  (SECOND, 0.1, "setup"), (SECOND, 0.0, "teardown")]:  # a skipped test: no call
+        conftest.pytest_runtest_logreport(Report(nodeid, seconds, when))
+    assert conftest.RAN == {("11", "nbval"), ("12", "browser")}
     terminal = Terminal()
     conftest.pytest_terminal_summary(terminal)
     rows = {line.split()[0]: line.split()[1:] for line in terminal.lines[2:5]}

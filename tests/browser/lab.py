@@ -28,7 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +39,7 @@ from course_lib.checks.core import _ICONS
 from course_lib.course import NOTEBOOKS
 from course_lib.student import count_solutions, student_notebook
 
-from course_lib.notebooks import KERNEL_ENV, SECOND_KERNEL_PATH, resolve
+from course_lib.notebooks import KERNEL_ENV, resolve, second_kernel_path
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STDERR_MIME = "application/vnd.jupyter.stderr"  # JupyterLab shows both stderr and tracebacks with it
@@ -50,11 +50,16 @@ CHROMIUM_FLAGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 VIEWPORT = {"width": 1400, "height": 1000}
-# The kernel of the notebooks that train or sample: the same Python, on the second kernel path
-# (course_lib.notebooks.SECOND_KERNEL_PATH). Their outputs are compared with the stored ones.
-SECOND_PATH_KERNEL = "course-second-kernel-path"
-SECOND_PATH_DISPLAY_NAME = "Python 3 (second kernel path)"
-SECOND_PATH_NOTEBOOKS = frozenset(nb.filename for nb in NOTEBOOKS if nb.amplifies_rounding)
+# The notebooks that train or sample run in a kernel of their own: the same Python, on the second
+# kernel path (course_lib.notebooks.second_kernel_path). Their outputs are compared with the stored ones.
+SECOND_PATH_NOTEBOOKS = {nb.filename: second_kernel_path(nb) for nb in NOTEBOOKS if nb.amplifies_rounding}
+
+
+def second_path_kernel(env: dict[str, str]) -> str:
+    """The name of the kernel spec that starts Python with ``env``, e.g. ``course-aten-cpu-capability-default``."""
+    return "course-" + "-".join(f"{key}-{value}" for key, value in sorted(env.items())).lower().replace("_", "-")
+
+
 SANITIZE_FILE = Path(__file__).resolve().parents[2] / "nbval_sanitize.cfg"  # as in pyproject.toml's addopts
 TIMINGS: list[str] = []  # one line per notebook, printed at the end of the run (see conftest.py)
 
@@ -132,7 +137,7 @@ def exercises(path: Path) -> int:
     return count_solutions(nbformat.read(path, as_version=4))
 
 
-def stage_notebooks(paths: list[Path], root: Path, second_path: Collection[str] = ()) -> None:
+def stage_notebooks(paths: list[Path], root: Path, second_path: Mapping[str, dict[str, str]] | None = None) -> None:
     """Copy the notebooks into ``root``: ``notebooks/`` as learners open them, ``stored/`` as committed.
 
     ``notebooks/`` holds the student edition of a notebook with exercises (every solution a stub,
@@ -143,7 +148,7 @@ def stage_notebooks(paths: list[Path], root: Path, second_path: Collection[str] 
     time). Student editions keep every cell, so cell numbers, widgets and figures match the
     committed notebook. The kernels import ``course_lib`` from the installed (editable) package,
     which finds ``data/`` by its own location, and notebook 11's ``../runs`` lands in ``root``.
-    The notebooks named in ``second_path`` ask for the kernel :data:`SECOND_PATH_KERNEL`.
+    A notebook named in ``second_path`` asks for the kernel that runs with the environment given there.
     """
     for folder in ("notebooks", "stored"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -157,9 +162,9 @@ def stage_notebooks(paths: list[Path], root: Path, second_path: Collection[str] 
                 if cell.cell_type == "code":
                     cell.outputs, cell.execution_count = [], None
             nb.metadata.pop("widgets", None)
-        if path.name in second_path:
-            nb.metadata["kernelspec"] = {"name": SECOND_PATH_KERNEL, "language": "python",
-                                         "display_name": SECOND_PATH_DISPLAY_NAME}
+        if path.name in (second_path or {}):
+            nb.metadata["kernelspec"] = {"name": second_path_kernel(second_path[path.name]), "language": "python",
+                                         "display_name": "Python 3 (second kernel path)"}
         nbformat.write(nb, root / "notebooks" / path.name)
 
 
@@ -258,11 +263,13 @@ class LabServer:
         for name in ("settings", "workspaces", "config", "data", "runtime"):
             private[name] = self.workdir / name
             private[name].mkdir(parents=True, exist_ok=True)
-        spec = private["data"] / "kernels" / SECOND_PATH_KERNEL / "kernel.json"
-        spec.parent.mkdir(parents=True, exist_ok=True)
-        spec.write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": SECOND_PATH_DISPLAY_NAME, "language": "python", "env": SECOND_KERNEL_PATH}))
+        for second_path in SECOND_PATH_NOTEBOOKS.values():  # kernel specs, one per environment
+            spec = private["data"] / "kernels" / second_path_kernel(second_path) / "kernel.json"
+            spec.parent.mkdir(parents=True, exist_ok=True)
+            spec.write_text(json.dumps({
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python 3 (" + " ".join(f"{k}={v}" for k, v in second_path.items()) + ")",
+                "language": "python", "env": second_path}))
         for relative, values in LAB_SETTINGS.items():
             target = private["settings"] / relative
             target.parent.mkdir(parents=True, exist_ok=True)

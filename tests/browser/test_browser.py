@@ -6,7 +6,7 @@ an error or a warning, every cell must have run, every widget the committed note
 be drawn (not "Loading widget..." or "Error displaying widget"), every figure must be there, and
 every check of a student edition must say "not done yet". The notebooks that train or sample
 (``amplifies_rounding`` on the course map) run in a kernel on the second kernel path
-(``course_lib.notebooks.SECOND_KERNEL_PATH``); they are saved from the page and each cell's outputs
+(``course_lib.notebooks.second_kernel_path``); they are saved from the page and each cell's outputs
 must equal the stored ones, compared as strict nbval compares them (tests/test_second_kernel_path.py
 says why).
 A screenshot of the top of each notebook, and of its first widget, goes to artifacts/browser/.
@@ -26,10 +26,10 @@ import time
 import nbformat
 import pytest
 
-from lab import (SANITIZE_FILE, SECOND_PATH_KERNEL, SECOND_PATH_NOTEBOOKS, TIMINGS, WIDGET_MIME, check_reports, committed_cells,
+from lab import (SANITIZE_FILE, SECOND_PATH_NOTEBOOKS, TIMINGS, WIDGET_MIME, check_reports, committed_cells,
                  exercises, next_slide, notebook_title, open_notebook, open_slideshow, output_differences,
-                 problems, read_cells, run_all_cells, save_notebook, scroll_to, selected_notebooks,
-                 slideshow_figures, wait_for_run)
+                 problems, read_cells, run_all_cells, save_notebook, scroll_to, second_path_kernel,
+                 selected_notebooks, slideshow_figures, wait_for_run)
 
 pytestmark = pytest.mark.browser
 
@@ -71,8 +71,9 @@ def test_notebook_runs_cleanly_in_jupyterlab(path, lab, page, artifacts):
     found = problems(n_cells, expected, shown)
     if path.name in SECOND_PATH_NOTEBOOKS and not interrupted:
         kernels = sorted({session["kernel"]["name"] for session in lab.api("GET", "api/sessions")})
-        if kernels != [SECOND_PATH_KERNEL]:
-            found.append(f"the notebook ran in the kernel(s) {kernels}, not in {SECOND_PATH_KERNEL!r}")
+        if kernels != [second_path_kernel(SECOND_PATH_NOTEBOOKS[path.name])]:
+            found.append(f"the notebook ran in the kernel(s) {kernels}, not in "
+                         f"{second_path_kernel(SECOND_PATH_NOTEBOOKS[path.name])!r}")
         ran_nb = save_notebook(page, lab.root / "notebooks" / path.name)
         found += output_differences(nbformat.read(path, as_version=4), ran_nb, SANITIZE_FILE)
     if exercises(path):  # the page ran the student edition

@@ -8,9 +8,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from course_lib.notebooks import SECOND_KERNEL_PATH
-from lab import (NOT_DONE, SANITIZE_FILE, SECOND_PATH_KERNEL, SECOND_PATH_NOTEBOOKS, STDERR_MIME, WIDGET_MIME,
+from lab import (NOT_DONE, SANITIZE_FILE, SECOND_PATH_NOTEBOOKS, STDERR_MIME, WIDGET_MIME,
                  LabServer, check_reports, committed_cells, exercises, notebook_title, output_differences,
-                 problems, selected_notebooks, slideshow_figures, stage_notebooks)
+                 problems, second_path_kernel, selected_notebooks, slideshow_figures, stage_notebooks)
 
 VIEW = {"model_id": "abc", "version_major": 2, "version_minor": 0}
 PNG = "iVBORw0KGgo="
@@ -151,19 +151,23 @@ def test_check_reports_want_every_check_not_done():
 
 
 def test_notebooks_that_train_or_sample_are_staged_for_the_second_kernel_path(notebook, tmp_path):
-    stage_notebooks([notebook], tmp_path / "root", second_path={notebook.name})
+    env = {"ATEN_CPU_CAPABILITY": "default"}
+    stage_notebooks([notebook], tmp_path / "root", second_path={notebook.name: env})
     staged = nbformat.read(tmp_path / "root" / "notebooks" / notebook.name, as_version=4)
-    assert staged.metadata["kernelspec"]["name"] == SECOND_PATH_KERNEL
+    assert staged.metadata["kernelspec"]["name"] == second_path_kernel(env) == "course-aten-cpu-capability-default"
     stage_notebooks([notebook], tmp_path / "other")
     assert "kernelspec" not in nbformat.read(tmp_path / "other" / "notebooks" / notebook.name, as_version=4).metadata
-    assert "11_training_translation.ipynb" in SECOND_PATH_NOTEBOOKS and "00_start_here.ipynb" not in SECOND_PATH_NOTEBOOKS
+    assert SECOND_PATH_NOTEBOOKS["11_training_translation.ipynb"] == env
+    assert SECOND_PATH_NOTEBOOKS["07_multi_head_attention.ipynb"] == SECOND_KERNEL_PATH
+    assert "00_start_here.ipynb" not in SECOND_PATH_NOTEBOOKS
 
 
-def test_the_second_path_kernel_is_installed_with_its_environment(tmp_path):
-    server = LabServer(tmp_path / "root", tmp_path)
-    env = server._environment()
-    spec = json.loads((Path(env["JUPYTER_DATA_DIR"]) / "kernels" / SECOND_PATH_KERNEL / "kernel.json").read_text())
-    assert spec["env"] == SECOND_KERNEL_PATH and "{connection_file}" in spec["argv"]
+def test_each_second_path_kernel_is_installed_with_its_environment(tmp_path):
+    kernels = Path(LabServer(tmp_path / "root", tmp_path)._environment()["JUPYTER_DATA_DIR"]) / "kernels"
+    for env in SECOND_PATH_NOTEBOOKS.values():
+        spec = json.loads((kernels / second_path_kernel(env) / "kernel.json").read_text())
+        assert spec["env"] == env and "{connection_file}" in spec["argv"]
+    assert len(list(kernels.iterdir())) == len({second_path_kernel(env) for env in SECOND_PATH_NOTEBOOKS.values()}) == 2
 
 
 def run_of(stored, **changes):
