@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from course_lib.notebooks import resolve
-from lab import CHROMIUM_FLAGS, SECOND_PATH_NOTEBOOKS, TIMINGS, VIEWPORT, LabServer, find_chromium, stage_notebooks
+from lab import (CHROMIUM_FLAGS, SECOND_PATH_NOTEBOOKS, TIMINGS, VIEWPORT, LabServer, close_notebooks, find_chromium,
+                 stage_notebooks)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"
@@ -67,15 +68,37 @@ def browser(browser_tools):
         playwright.stop()
 
 
-@pytest.fixture
-def page(browser, lab):
-    """A fresh tab; afterwards the kernels it started are shut down."""
+@pytest.fixture(scope="session")
+def browser_tab(browser):
+    """One tab for all the notebooks of a worker: JupyterLab loads once in it (lab.open_notebook)."""
     context = browser.new_context(viewport=VIEWPORT)
     try:
         yield context.new_page()
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser_tab, lab):
+    """The worker's tab; afterwards its notebooks are closed and the kernels they started shut down."""
+    try:
+        yield browser_tab
+    finally:
+        close_notebooks(browser_tab, lab)
         lab.shutdown_kernels()
+
+
+@pytest.fixture
+def page_errors(page) -> list[str]:
+    """The JavaScript errors the page raises during one test."""
+    errors: list[str] = []
+
+    def record(error) -> None:
+        errors.append(str(error))
+
+    page.on("pageerror", record)
+    yield errors
+    page.remove_listener("pageerror", record)
 
 
 @pytest.fixture(scope="session")

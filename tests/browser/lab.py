@@ -414,16 +414,61 @@ READ_CELLS_JS = """
 """
 
 
+def lab_is_loaded(page, server: LabServer) -> bool:
+    """Whether the tab shows this server's JupyterLab, started and with no notebook open."""
+    return (page.url.startswith(server.url("lab")) and page.locator("#jp-main-dock-panel").count() == 1
+            and page.locator(".jp-NotebookPanel").count() == 0 and page.locator(".jp-Dialog").count() == 0)
+
+
 def open_notebook(page, server: LabServer, relative_path: str, n_cells: int, timeout: float = 60) -> None:
-    """Open a notebook in a fresh workspace and wait until all its cells are in the page."""
-    # ?reset starts from an empty workspace: no notebook of an earlier test is reopened.
-    page.goto(server.url(f"lab/tree/{relative_path}?reset&token={server.token}"))
+    """Open a notebook and wait until all its cells are in the page.
+
+    In a tab that already shows JupyterLab (see :func:`close_notebooks`), File → Open from Path…, as a
+    learner may; otherwise load JupyterLab on the notebook's address with a fresh workspace. Loading
+    JupyterLab takes about 5 s of a 2-core machine, so a worker loads it once and opens notebook after
+    notebook in it.
+    """
+    if lab_is_loaded(page, server):
+        page.get_by_role("menuitem", name="File", exact=True).click()
+        page.locator('.lm-Menu li[data-command="filebrowser:open-path"]').click()
+        field = page.locator(".jp-Dialog input")
+        field.fill(relative_path)
+        field.press("Enter")
+    else:
+        # ?reset starts from an empty workspace: no notebook of an earlier test is reopened.
+        page.goto(server.url(f"lab/tree/{relative_path}?reset&token={server.token}"))
     page.wait_for_function(
-        "n => document.querySelectorAll('.jp-NotebookPanel .jp-Notebook .jp-Cell').length === n",
+        "n => document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell').length === n",
         arg=n_cells, timeout=timeout * 1000)
     # Fold the file browser away: the notebook gets the whole width, as in the screenshots a learner
     # would want to see.
-    page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
+    side_tab = page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current")
+    if side_tab.count():
+        side_tab.click()
+
+
+def close_notebooks(page, server: LabServer, timeout: float = 15) -> None:
+    """Save and close every open notebook, so that the tab shows an empty JupyterLab for the next one.
+
+    Saving first (the copies under the server's root; never the committed files) means no dialog asks
+    about unsaved changes. Whatever goes wrong, the tab is emptied instead, and the next notebook loads
+    JupyterLab afresh.
+    """
+    try:
+        if page.url.startswith(server.url("lab")) and page.locator(".jp-Dialog").count() == 0:
+            if page.locator(".jp-NotebookPanel").count():
+                page.get_by_role("menuitem", name="File", exact=True).click()
+                page.locator('.lm-Menu li[data-command="docmanager:save-all"]').click()
+                page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-dirty')",
+                                       timeout=timeout * 1000)
+                page.get_by_role("menuitem", name="File", exact=True).click()
+                page.locator('.lm-Menu li[data-command="application:close-all"]').click()
+                page.wait_for_function("() => !document.querySelector('.jp-NotebookPanel')", timeout=timeout * 1000)
+            if lab_is_loaded(page, server):
+                return
+    except Exception:  # noqa: BLE001 - any trouble: start the next notebook from a fresh page
+        pass
+    page.goto("about:blank")
 
 
 def run_all_cells(page) -> None:

@@ -39,10 +39,8 @@ SLIDES_TO_VISIT = 4  # the first slide and three more
 
 
 @pytest.mark.parametrize("path", selected_notebooks(), ids=lambda path: path.name)
-def test_notebook_runs_cleanly_in_jupyterlab(path, lab, page, artifacts):
+def test_notebook_runs_cleanly_in_jupyterlab(path, lab, page, page_errors, artifacts):
     n_cells, expected = committed_cells(path)
-    page_errors = []
-    page.on("pageerror", lambda error: page_errors.append(str(error)))
 
     screenshot = artifacts / f"{path.stem}.png"
     start = time.monotonic()
