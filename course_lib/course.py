@@ -25,7 +25,7 @@ class Notebook:
     part: str
     #: It trains or samples something: both magnify the last bits in which another CPU's rounding can
     #: differ. The test suite runs such a notebook a second time on another kernel path
-    #: (course_lib.notebooks.SECOND_KERNEL_PATH).
+    #: (course_lib.notebooks.second_kernel_path).
     amplifies_rounding: bool = False
     #: Whether that second run also puts MKL on its CPU-independent code path (``MKL_CBWR``), which changes
     #: how matrix products add up but makes them about 3 times slower. The translation notebooks spend
