@@ -22,7 +22,8 @@ first rule that fits decides:
    markdown cell right above it when that cell introduces it;
 9. a markdown cell starts a subslide when the current slide already holds more than
    :data:`SLIDE_LINES` lines, so that no slide grows far past a screen;
-10. every other cell continues the current slide.
+10. every other cell continues the current slide, except the cell right after a "Predict first"
+    prompt: it starts a subslide, so that the prompt and what answers it are separate slides.
 
 "Lines" are estimated: source lines plus output lines, with :data:`IMAGE_LINES` for a
 figure. :func:`apply` changes only metadata: sources and outputs stay exactly as they are, so
@@ -60,10 +61,12 @@ RISE_SETTINGS = {"scroll": True, "center": False, "theme": "simple", "transition
 TITLE, SECTION, RECAP, EXERCISE, SOLUTION = "title", "section", "recap", "your turn", "solution"
 SUBSECTION, BACK, FIGURE, LONG, HOSTED, CONTINUES = (
     "subsection", "after the exercise", "figure", "long slide", "hosted install", "")
+REVEAL = "after a prediction"
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _EXERCISE = re.compile(r"\bexercises?\b|\byour turn\b", re.I)
+_PREDICT = re.compile(r"\bpredict first\b", re.I)
 _SOLUTION = re.compile(rf"^[ \t]*{re.escape(BEGIN)}\s*$", re.M)
 _FIGURE_TYPES = ("image/png", "image/jpeg", "image/svg+xml", "application/vnd.jupyter.widget-view+json")
 
@@ -132,6 +135,7 @@ def plan(nb: nbformat.NotebookNode) -> list[Decision]:
     exercise_code = False  # ...and past its first code cell
     lines = 0  # estimated height of the current slide or subslide
     previous = None  # index of the previous cell that is shown
+    after_prediction = False  # the previous cell shown asks for a prediction
 
     for i, cell in enumerate(nb.cells):
         levels = [level for level, _ in headings(cell.source)] if cell.cell_type == "markdown" else []
@@ -164,6 +168,9 @@ def plan(nb: nbformat.NotebookNode) -> list[Decision]:
             decision = Decision("subslide", LONG)
         else:
             decision = Decision("-", CONTINUES)
+        if after_prediction and decision.slide_type == "-":
+            decision = Decision("subslide", REVEAL)
+        after_prediction = cell.cell_type == "markdown" and bool(_PREDICT.search(cell.source))
 
         if decision.slide_type in ("slide", "subslide"):
             lines = 0

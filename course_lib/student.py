@@ -18,8 +18,10 @@ NotImplementedError with "Not done yet", so the student edition runs top to bott
 """
 from __future__ import annotations
 
+import ast
 import copy
 import re
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -79,6 +81,25 @@ def count_solutions(nb: nbformat.NotebookNode) -> int:
                for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
 
 
+def count_exercises(nb: nbformat.NotebookNode) -> int:
+    """How many exercises the notebook holds: top-level functions or classes with a solution block.
+
+    A build exercise is one class whose methods hold several blocks; it has one check.
+    """
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not solution_blocks(cell.source):
+            continue
+        marked = [n for n, line in enumerate(cell.source.splitlines(), 1) if _MARKER.match(line)]
+        try:
+            body = ast.parse(cell.source).body
+        except SyntaxError:
+            continue
+        count += sum(1 for node in body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                     and any(node.lineno <= n <= node.end_lineno for n in marked))
+    return count
+
+
 def student_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     """A copy of ``nb`` with solutions stubbed, outputs cleared and counts reset."""
     student = copy.deepcopy(nb)
@@ -103,3 +124,121 @@ def write_student_edition(paths: list[Path], out_dir: Path) -> list[Path]:
         nbformat.write(student_notebook(nb), target)
         written.append(target)
     return written
+
+
+# --- No answer before its exercise ------------------------------------------------------------
+# A solution "stands earlier" when the substance of its code already appears in one earlier code
+# cell of the same notebook, whatever the variables are called: the learner could copy it. The
+# comparison works on the syntax tree, so comments, spacing and names do not matter, while the
+# operations (attributes, calls, operators, constants) do.
+
+MIN_NODES = 6  # smaller expressions (``q.shape[-1]``, ``torch.exp(x)``, ``a @ b``) are too common to count
+
+
+class _Anonymise(ast.NodeTransformer):
+    """Every variable and argument name becomes ``_``; attribute names and constants stay."""
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(ast.Name(id="_", ctx=ast.Load()), node)
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        node.arg, node.annotation = "_", None
+        return node
+
+
+def _expression_roots(tree: ast.AST) -> list[ast.AST]:
+    """The expressions that carry a statement's work: right-hand sides, returned values, calls."""
+    roots = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr)) \
+                and node.value is not None:
+            roots.append(node.value)
+    return roots
+
+
+def _size(node: ast.AST) -> int:
+    """The number of expression nodes (names, attributes, calls, constants, operations)."""
+    return sum(1 for n in ast.walk(node) if isinstance(n, ast.expr))
+
+
+def expression_fingerprints(code: str) -> set[str]:
+    """The anonymised dumps of every substantial expression (and sub-expression) of ``code``.
+
+    Returns an empty set for code that does not parse (such as IPython magics).
+    """
+    try:
+        tree = _Anonymise().visit(ast.parse(textwrap.dedent(code)))
+    except SyntaxError:
+        return set()
+    prints = set()
+    for root in _expression_roots(tree):
+        for node in ast.walk(root):
+            if isinstance(node, ast.expr) and _size(node) >= MIN_NODES:
+                prints.add(ast.dump(node, annotate_fields=False))
+    return prints
+
+
+def _solution_key_expressions(code: str) -> list[str]:
+    """The top-level expressions of a solution block (one per statement), anonymised."""
+    try:
+        tree = _Anonymise().visit(ast.parse(textwrap.dedent(code)))
+    except SyntaxError:
+        return []
+    return [ast.dump(root, annotate_fields=False) for root in _expression_roots(tree)
+            if _size(root) >= MIN_NODES]
+
+
+def _readable(dump: str) -> str:
+    """Code again from an anonymised dump, for messages: ``_.softmax(_ @ _.T, dim=-1)``."""
+    return ast.unparse(eval(dump, vars(ast)))  # the dump of a trusted, just-parsed tree
+
+
+def solution_blocks(source: str) -> list[str]:
+    """The code between each pair of solution markers of one cell's source."""
+    blocks, current = [], None
+    for line in source.splitlines():
+        marker = _MARKER.match(line)
+        if marker is None:
+            if current is not None:
+                current.append(line)
+        elif marker.group("kind") == "BEGIN":
+            current = []
+        else:
+            blocks.append("\n".join(current or []))
+            current = None
+    return blocks
+
+
+def earlier_answers(nb: nbformat.NotebookNode) -> list[str]:
+    """Solutions whose substance already stands in one earlier code cell of ``nb``.
+
+    For each solution block, take its substantial statement-level expressions (names
+    anonymised). If one earlier code cell contains more than half of them, the notebook gives
+    the answer away before the exercise asks for it. Returns one message per such block, naming the
+    cells and the shared code.
+    """
+    problems = []
+    earlier: list[tuple[int, set[str]]] = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        for block in solution_blocks(cell.source):
+            wanted = _solution_key_expressions(block)
+            if not wanted:
+                continue
+            best_index, best = None, []
+            for earlier_index, prints in earlier:
+                found = [w for w in wanted if w in prints]
+                if len(found) > len(best):
+                    best_index, best = earlier_index, found
+            if 2 * len(best) > len(wanted):
+                shown = "; ".join(_readable(w) for w in best)
+                problems.append(f"the solution in cell {index} already stands in cell {best_index} "
+                                f"({len(best)} of its {len(wanted)} statements): {shown}")
+        earlier.append((index, expression_fingerprints(_without_solutions(cell.source))))
+    return problems
+
+
+def _without_solutions(source: str) -> str:
+    """The source with its solution blocks removed (a cell's own solution is not a giveaway)."""
+    return strip_solutions(source)[0]

@@ -78,9 +78,19 @@ def _columns_to_tuple(make):
     return merge
 
 
+def _outputs_to_head(make):
+    """SingleHeadAttention: a mistake computes outputs from a head's weights; a learner writes a module."""
+    from course_lib.attention import SingleHeadAttention
+
+    class Mistaken(SingleHeadAttention):
+        def forward(self, x, context=None, mask=None):
+            return make(self, x, context, mask)
+    return Mistaken
+
+
 # Checks whose mistakes compute a derived form of the answer: check name -> (make -> a learner's function).
 ADAPTERS = {"check_warmup_cosine": _curve_to_rate, "check_beam_step": _rows_to_tuple,
-            "check_online_softmax_merge": _columns_to_tuple}
+            "check_online_softmax_merge": _columns_to_tuple, "check_single_head_attention": _outputs_to_head}
 
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
           "ten": 10, "fifteen": 15, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
@@ -176,11 +186,14 @@ def exercises(nb_path: Path) -> list[tuple[str, str]]:
         marker_lines = [n for n, line in enumerate(source.splitlines(), 1) if line.strip() == "### BEGIN SOLUTION"]
         if not marker_lines:
             continue
-        functions = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)]
+        # the top-level function or class around the block: a build exercise is one class
+        defined = [node for node in ast.parse(source).body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
         for line in marker_lines:
-            around = [f for f in functions if f.lineno <= line <= f.end_lineno]
+            around = [f for f in defined if f.lineno <= line <= f.end_lineno]
             assert around, f"{nb_path.name}: a solution block outside a function (code cell {i})"
-            name = max(around, key=lambda f: f.lineno).name  # the innermost function
+            name = around[0].name
+            if any(name == seen for seen, _ in found):
+                continue  # another method of the same class
             call = re.compile(rf"^(check_\w+)\(\s*{name}\s*\)", re.M)
             later = (call.search(s) for s in code[i + 1:])
             check = next((m.group(1) for m in later if m), None)

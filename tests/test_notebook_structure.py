@@ -7,7 +7,7 @@ import pytest
 from course_lib.course import NOTEBOOK_DIR, get_notebook
 from course_lib.hosted import INSTALL_CELL
 from course_lib.notebooks import problems
-from course_lib.student import count_solutions
+from course_lib.student import count_exercises
 
 PATHS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -86,7 +86,7 @@ def test_every_exercise_has_a_check(notebook):
     path, nb = notebook
     checks = sum(len(re.findall(r"^check_\w+\(", cell.source, re.M))
                  for cell in nb.cells if cell.cell_type == "code")
-    assert checks >= count_solutions(nb), f"{path.name}: each exercise needs a check cell under it"
+    assert checks >= count_exercises(nb), f"{path.name}: each exercise needs a check cell under it"
 
 
 def test_ignored_training_figures_stand_next_to_the_claims_that_hold_everywhere(notebook):

@@ -9,8 +9,8 @@ from course_lib import slides
 from course_lib.course import NOTEBOOK_DIR
 from course_lib.hosted import INSTALL_CELL, INSTALL_CELL_ID
 from course_lib.notebooks import main
-from course_lib.slides import (BACK, CONTINUES, EXERCISE, FIGURE, HOSTED, LONG, RECAP, SECTION, SOLUTION,
-                               SUBSECTION, TITLE, headings, plan)
+from course_lib.slides import (BACK, CONTINUES, EXERCISE, FIGURE, HOSTED, LONG, RECAP, REVEAL, SECTION,
+                               SOLUTION, SUBSECTION, TITLE, headings, plan)
 from course_lib.student import count_solutions
 
 PATHS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -92,6 +92,17 @@ def test_the_cell_above_a_solution_introduces_an_exercise_even_without_a_heading
                   new_code_cell(SOLUTION_CODE))
     assert reasons(nb) == [TITLE, EXERCISE, SOLUTION]
     assert types(nb) == ["slide", "slide", "fragment"]
+
+
+def test_a_prediction_and_its_answer_are_separate_slides():
+    nb = notebook(new_markdown_cell("# Title"), new_markdown_cell("**Predict first.** What shape comes out?"),
+                  code(), new_markdown_cell("It is (2, 3)."), code())
+    assert reasons(nb) == [TITLE, CONTINUES, REVEAL, CONTINUES, CONTINUES]
+    assert types(nb) == ["slide", "-", "subslide", "-", "-"]
+    # a prompt inside an exercise keeps the solution a fragment of the exercise slide
+    nb = notebook(new_markdown_cell("# Title"), new_markdown_cell("### Exercise\nPredict first: how many?"),
+                  new_code_cell(SOLUTION_CODE), new_code_cell("check_f(f)"))
+    assert types(nb) == ["slide", "slide", "fragment", "-"]
 
 
 def test_a_heading_that_is_not_an_exercise_stays_a_subslide():

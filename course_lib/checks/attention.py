@@ -6,8 +6,8 @@ import math
 import numpy as np
 import torch
 
-from course_lib.attention import scaled_dot_product_attention
-from course_lib.checks.core import Case, CheckResult, Mistake, check_function
+from course_lib.attention import SingleHeadAttention, scaled_dot_product_attention
+from course_lib.checks.core import Case, CheckResult, Mistake, ModuleMistake, check_function, check_module
 from course_lib.shapes import check_shape
 
 
@@ -219,3 +219,137 @@ def check_batched_attention(fn) -> CheckResult:
     """
     return check_function(fn, exercise="batched_attention", reference=batched_attention, cases=_batched_cases(),
                           mistakes=_BATCHED_MISTAKES, shape_names="(B, T_q, d_v)", rtol=1e-4, atol=1e-5)
+
+
+# --- exercise 2: build SingleHeadAttention ---------------------------------------------------------
+
+def _heads_inputs(reference, x, context, queries_from=None, kv_from=None, values_with=None):
+    """q, k, v as some (possibly mistaken) wiring of the reference's projections computes them."""
+    source = x if context is None else context
+    q = reference.w_q(x if queries_from is None else queries_from)
+    k = reference.w_k(source if kv_from is None else kv_from)
+    v = (values_with or reference.w_v)(source if kv_from is None else kv_from)
+    return q, k, v
+
+
+def _single_head(reference, x, context=None, mask=None, *, scale=None, dim=-1, mask_mode="before",
+                 wiring=None, scores_out=False):
+    """The output and weights of one head, correct by default, each keyword one known slip."""
+    q, k, v = _heads_inputs(reference, x, context, **(wiring or {}))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ k.transpose(-2, -1) * scale
+    if mask is not None and mask_mode == "before":
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None and mask_mode == "inverted":
+        scores = scores.masked_fill(mask, float("-inf"))
+    elif mask is not None and mask_mode == "zero":
+        scores = scores.masked_fill(~mask, 0.0)
+    weights = torch.softmax(scores, dim=dim)
+    if mask is not None and mask_mode == "after":
+        weights = weights * mask
+    return weights @ v, (scores if scores_out else weights)
+
+
+_HEAD_MISTAKES = [
+    ModuleMistake("the scale is missing: the scores were not divided by sqrt(d_k)",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, scale=1.0),
+                  "divide the scores by math.sqrt(d_k), with d_k = q.shape[-1]"),
+    ModuleMistake("you divided the scores by d_k instead of sqrt(d_k)",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask,
+                                                                       scale=1 / ref.w_q.out_features),
+                  "divide by math.sqrt(d_k)"),
+    ModuleMistake("you divided the scores by sqrt(d_model), the width of the tokens, instead of sqrt(d_k), "
+                  "the width of the queries and keys",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask,
+                                                                       scale=1 / math.sqrt(x.shape[-1])),
+                  "d_k = q.shape[-1], read after the projection"),
+    ModuleMistake("you took the softmax over the queries (dim=-2): each key's weights sum to 1, instead of "
+                  "each query's weights over the keys",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, dim=-2),
+                  "torch.softmax(scores, dim=-1): the keys are the last axis"),
+    ModuleMistake("the context is ignored: in cross-attention the keys and values must come from `context`, "
+                  "but yours came from x (self-attention)",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, None, mask),
+                  "source = x if context is None else context; k = self.w_k(source); v = self.w_v(source)"),
+    ModuleMistake("your queries came from `context` too: in cross-attention the queries come from x (the "
+                  "tokens that ask) and only the keys and values from `context`",
+                  lambda ref, x, context=None, mask=None: _single_head(
+                      ref, x, context, mask, wiring={"queries_from": x if context is None else context}),
+                  "q = self.w_q(x)"),
+    ModuleMistake("your values went through w_k (a copy-paste slip?): v must be self.w_v(...)",
+                  lambda ref, x, context=None, mask=None: _single_head(
+                      ref, x, context, mask, wiring={"values_with": ref.w_k}),
+                  "v = self.w_v(source)"),
+    ModuleMistake("the mask is ignored: blocked keys still get weight",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, None),
+                  'when mask is not None: scores = scores.masked_fill(~mask, float("-inf")), before the softmax'),
+    ModuleMistake("your mask is inverted: you blocked the keys where the mask is True; True means 'may attend'",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, mask_mode="inverted"),
+                  'fill where the mask is False: scores.masked_fill(~mask, float("-inf"))'),
+    ModuleMistake("you applied the mask AFTER the softmax: the blocked weights are 0, but each row no longer "
+                  "sums to 1 (the blocked keys took their share before you zeroed it)",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, mask_mode="after"),
+                  "mask the scores, then take the softmax"),
+    ModuleMistake("you set the blocked scores to 0 instead of -inf: a score of 0 still gets weight e^0 = 1 "
+                  "before normalising, so blocked keys keep some weight",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, mask_mode="zero"),
+                  'fill with float("-inf")'),
+    ModuleMistake("your second output is the scores (before the softmax), not the weights",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask, scores_out=True),
+                  "return output, weights, with weights = torch.softmax(scores, dim=-1)"),
+    ModuleMistake("you returned (weights, output): the order is (output, weights)",
+                  lambda ref, x, context=None, mask=None: _single_head(ref, x, context, mask)[::-1],
+                  "return output, weights"),
+]
+
+HEAD_SIZES = {"d_model": 6, "d_k": 4}  # d_v is left out: it must default to d_k
+
+
+def _reference_head() -> torch.nn.Module:
+    torch_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(404)
+        head = SingleHeadAttention(**HEAD_SIZES)
+        with torch.no_grad():  # larger weights than the default: every slip changes the output clearly
+            for p in head.parameters():
+                p.mul_(2.0)
+    finally:
+        torch.random.set_rng_state(torch_state)
+    return head
+
+
+def _head_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(406)
+    d = HEAD_SIZES["d_model"]
+    x5, x3, x4, c5, c4 = (torch.randn(2, t, d, generator=gen) for t in (5, 3, 4, 5, 4))
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    padding = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, :]  # (B, 1, T_k)
+    return [
+        Case((x5,), "self-attention, x of shape (B=2, T=5, d_model=6)"),
+        Case((x3,), "cross-attention, x (2, 3, 6) reading a context (2, 5, 6)", kwargs={"context": c5}),
+        Case((x4,), "cross-attention with T_q = T_k = 4: x and context are different sequences",
+             kwargs={"context": c4}),
+        Case((x5,), "self-attention with a causal mask (5, 5), True on and below the diagonal",
+             kwargs={"mask": causal}),
+        Case((x3,), "cross-attention with a padding mask (B=2, 1, T_k=5): the 2nd context has 2 pads",
+             kwargs={"context": c5, "mask": padding}),
+    ]
+
+
+def check_single_head_attention(cls) -> CheckResult:
+    """Check a learner's ``SingleHeadAttention``-like class, built as ``cls(d_model=6, d_k=4)``.
+
+    Its parameters must be ``w_q``, ``w_k``, ``w_v``: ``nn.Linear`` layers without bias, weights
+    ``(d_k, d_model)``, ``(d_k, d_model)``, ``(d_v, d_model)``. ``forward(x, context=None,
+    mask=None)`` takes x (B, T_q, d_model), context (B, T_k, d_model) and a bool mask
+    broadcastable to (B, T_q, T_k), and returns (output (B, T_q, d_v), weights (B, T_q, T_k)).
+    """
+    return check_module(cls, exercise="SingleHeadAttention", init_kwargs=dict(HEAD_SIZES),
+                        make_reference=_reference_head, cases=_head_cases(), mistakes=_HEAD_MISTAKES,
+                        output_names=("output", "weights"),
+                        parameter_hint="three projections without bias: nn.Linear(d_model, d_k, bias=False) for w_q "
+                                       "and w_k, nn.Linear(d_model, d_v, bias=False) for w_v, with d_v = d_k when "
+                                       "d_v is None",
+                        success="your module matches course_lib's SingleHeadAttention with the same weights: "
+                                "self- and cross-attention, with and without masks, outputs, weights and gradients.",
+                        rtol=1e-4, atol=1e-5)

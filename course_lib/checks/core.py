@@ -202,3 +202,188 @@ def check_function(fn: Callable[..., Any], *, exercise: str, reference: Callable
                 return CheckResult(exercise, WRONG, mistake.message + where, mistake.hint)
         return CheckResult(exercise, WRONG, problem + where)
     return CheckResult(exercise, CORRECT, success)
+
+
+# --- Checks of whole modules ------------------------------------------------------------------
+# A build exercise asks for an nn.Module. Its check builds the learner's module and course_lib's
+# with the same arguments, copies course_lib's (random, seeded) weights into the learner's, runs
+# both on the same inputs and compares every output, then the gradients of every parameter and
+# every input. A known mistake is a function ``make(reference, *args, **kwargs)`` that computes,
+# from the reference module's weights, the outputs that mistake would give.
+
+
+@dataclass(frozen=True)
+class ModuleMistake(Mistake):
+    """A known wrong module: ``make(reference, *args, **kwargs)`` returns its outputs (a tuple)."""
+
+
+def _as_tuple(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _constructed(cls: Any, init_kwargs: dict, exercise: str) -> torch.nn.Module | CheckResult:
+    """The learner's module, or the CheckResult that says why it could not be built."""
+    if not callable(cls) or isinstance(cls, torch.nn.Module):
+        return CheckResult(exercise, ERROR, f"expected your module's class, got {describe_value(cls)}",
+                           "pass the class itself, without calling it: check(MyModule)")
+    try:
+        module = cls(**init_kwargs)
+    except NotImplementedError:
+        return CheckResult(exercise, NOT_DONE,
+                           "replace `raise NotImplementedError` with your code, then run this check again.")
+    except Exception as exc:
+        hint = ("call super().__init__() first in __init__, before creating any layer"
+                if "before Module.__init__() call" in str(exc) else "")
+        arguments = ", ".join(f"{k}={v!r}" for k, v in init_kwargs.items())
+        return CheckResult(exercise, ERROR, f"building your module with ({arguments}) raised "
+                           f"{type(exc).__name__}: {exc}", hint)
+    if not isinstance(module, torch.nn.Module):
+        return CheckResult(exercise, ERROR, f"your class built {describe_value(module)}, not an nn.Module",
+                           "write class MyModule(nn.Module) and call super().__init__() in __init__")
+    return module
+
+
+def _parameter_problem(module: torch.nn.Module, reference: torch.nn.Module) -> str | None:
+    """How the learner's parameters differ in name or shape from the reference's; None if they match."""
+    mine = {name: tuple(p.shape) for name, p in module.named_parameters()}
+    wanted = {name: tuple(p.shape) for name, p in reference.named_parameters()}
+    missing = [name for name in wanted if name not in mine]
+    extra = [name for name in mine if name not in wanted]
+    if extra:
+        listed = ", ".join(f"{name} {mine[name]}" for name in extra)
+        return (f"your module has parameters that the exercise does not ask for: {listed} "
+                f"(expected exactly: {', '.join(wanted)})")
+    if missing:
+        listed = ", ".join(f"{name} {wanted[name]}" for name in missing)
+        return f"your module has no parameter {listed} (expected exactly: {', '.join(wanted)})"
+    for name, shape in wanted.items():
+        if mine[name] != shape:
+            return f"{name} has shape {mine[name]}, expected {shape}"
+    return None
+
+
+def _leaf_inputs(case: Case) -> tuple[tuple, dict]:
+    """Fresh copies of a case's inputs; float tensors require gradients."""
+    def fresh(value):
+        if isinstance(value, torch.Tensor):
+            value = value.detach().clone()
+            if value.is_floating_point():
+                value.requires_grad_(True)
+        return value
+    return tuple(fresh(a) for a in case.args), {k: fresh(v) for k, v in case.kwargs.items()}
+
+
+def _gradient_seeds(outputs: tuple, seed: int = 0) -> list:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(o.shape, generator=gen) if isinstance(o, torch.Tensor) and o.is_floating_point()
+            else None for o in outputs]
+
+
+def _backward(outputs: tuple, seeds: list) -> bool:
+    """Backpropagate sum(output * seed) over every float output; False when nothing needs a gradient."""
+    total = sum((o * s).sum() for o, s in zip(outputs, seeds)
+                if s is not None and isinstance(o, torch.Tensor) and o.requires_grad)
+    if not isinstance(total, torch.Tensor):
+        return False
+    total.backward()
+    return True
+
+
+def _gradient_problem(module, reference, case: Case, output_names: Sequence[str]) -> str | None:
+    """Compare the gradients of every parameter and every float input; None when they agree."""
+    args, kwargs = _leaf_inputs(case)
+    ref_args, ref_kwargs = _leaf_inputs(case)
+    module.zero_grad(set_to_none=True)
+    reference.zero_grad(set_to_none=True)
+    outputs, expected = _as_tuple(module(*args, **kwargs)), _as_tuple(reference(*ref_args, **ref_kwargs))
+    seeds = _gradient_seeds(expected)
+    if not _backward(outputs, seeds):
+        return ("no gradient flows through your outputs: did you compute them under torch.no_grad() or "
+                "call .detach()? Training needs the gradients")
+    _backward(expected, seeds)
+    pairs = [(name, p, reference.get_parameter(name)) for name, p in module.named_parameters()]
+    for name, p, ref_p in pairs:
+        if ref_p.grad is not None and p.grad is None:
+            return f"no gradient reaches {name}: your forward does not use it, or detaches what it computes"
+    for name, p, ref_p in pairs:
+        if ref_p.grad is not None and not same_value(p.grad, ref_p.grad, rtol=1e-4, atol=1e-5):
+            return (f"the outputs are right, but the gradient of {name} is not: is part of the computation "
+                    "detached, done under torch.no_grad(), or written in place?")
+    named_inputs = [(f"input {i}", a, r) for i, (a, r) in enumerate(zip(args, ref_args))]
+    named_inputs += [(k, kwargs[k], ref_kwargs[k]) for k in kwargs]
+    for name, a, r in named_inputs:
+        if isinstance(r, torch.Tensor) and r.grad is not None:
+            if a.grad is None or not same_value(a.grad, r.grad, rtol=1e-4, atol=1e-5):
+                return f"the outputs are right, but the gradient that flows back into {name} is not"
+    return None
+
+
+def check_module(cls: Any, *, exercise: str, init_kwargs: dict, make_reference: Callable[[], torch.nn.Module],
+                 cases: Sequence[Case], mistakes: Sequence[ModuleMistake] = (),
+                 output_names: Sequence[str] = ("output",), parameter_hint: str = "",
+                 success: str = "matches course_lib's module, outputs and gradients, on every test input.",
+                 rtol: float = 1e-5, atol: float = 1e-5) -> CheckResult:
+    """Build the learner's module ``cls(**init_kwargs)`` and compare it with ``make_reference()``.
+
+    The reference's weights are copied into the learner's module (so the names and shapes of
+    the parameters must be the exercise's). On every case both run in evaluation mode; their
+    outputs (a tensor or a tuple, named by ``output_names``) must agree, then the gradients of
+    every parameter and input. When an output differs, each mistake's ``make(reference, *args,
+    **kwargs)`` is tried; the first that reproduces the learner's outputs is named.
+
+    Returns a :class:`CheckResult` (never raises on a wrong module): *not done* when building or
+    running it raises NotImplementedError, *error* when it raises anything else.
+    """
+    module = _constructed(cls, init_kwargs, exercise)
+    if isinstance(module, CheckResult):
+        return module
+    reference = make_reference()
+    problem = _parameter_problem(module, reference)
+    if problem is not None:
+        return CheckResult(exercise, WRONG, problem, parameter_hint)
+    with torch.no_grad():  # by name; buffers (such as a registered mask) stay the learner's own
+        for name, p in module.named_parameters():
+            p.copy_(reference.get_parameter(name))
+    module.eval()
+    reference.eval()
+    for case in cases:
+        where = f" (on {case.description})" if case.description else ""
+        args, kwargs = _leaf_inputs(case)
+        try:
+            with torch.no_grad():
+                answer = module(*args, **kwargs)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_DONE,
+                               "replace `raise NotImplementedError` with your code, then run this check again.")
+        except Exception as exc:
+            return CheckResult(exercise, ERROR, f"your forward raised {type(exc).__name__}: {exc}{where}")
+        with torch.no_grad():
+            expected = _as_tuple(reference(*case.args, **case.kwargs))
+        outputs = _as_tuple(answer)
+        if len(outputs) != len(expected):
+            wanted = " and ".join(output_names)
+            return CheckResult(exercise, WRONG, f"your forward returned {len(outputs)} value(s), "
+                               f"expected {len(expected)}: {wanted}{where}",
+                               f"return {', '.join(output_names)}" if len(output_names) > 1 else "")
+        for name, got, want in zip(output_names, outputs, expected):
+            problem = compare_answer(got, want, rtol=rtol, atol=atol)
+            if problem is None:
+                continue
+            for mistake in mistakes:
+                with torch.no_grad():
+                    wrong = _mistaken_answer(mistake, Case((reference,) + case.args, kwargs=case.kwargs))
+                if wrong is None:
+                    continue
+                wrong = _as_tuple(wrong)
+                if len(wrong) == len(expected) and all(same_value(a, b, rtol, atol) for a, b in zip(outputs, wrong)) \
+                        and not all(same_value(a, b, rtol, atol) for a, b in zip(wrong, expected)):
+                    return CheckResult(exercise, WRONG, mistake.message + where, mistake.hint)
+            return CheckResult(exercise, WRONG, f"{name}: {problem}{where}")
+        try:
+            problem = _gradient_problem(module, reference, case, output_names)
+        except Exception as exc:
+            return CheckResult(exercise, ERROR, f"backpropagating through your module raised "
+                               f"{type(exc).__name__}: {exc}{where}")
+        if problem is not None:
+            return CheckResult(exercise, WRONG, problem + where)
+    return CheckResult(exercise, CORRECT, success)

@@ -37,7 +37,7 @@ import nbformat
 
 from course_lib.checks.core import _ICONS
 from course_lib.course import NOTEBOOKS
-from course_lib.student import count_solutions, student_notebook
+from course_lib.student import count_exercises, count_solutions, student_notebook
 
 from course_lib.notebooks import KERNEL_ENV, resolve, second_kernel_path
 
@@ -133,8 +133,8 @@ NOT_DONE, CORRECT = _ICONS["not done"], _ICONS["correct"]  # as the checks print
 
 
 def exercises(path: Path) -> int:
-    """How many exercises (solution blocks) the notebook at ``path`` has."""
-    return count_solutions(nbformat.read(path, as_version=4))
+    """How many exercises (functions or classes with solution blocks) the notebook at ``path`` has."""
+    return count_exercises(nbformat.read(path, as_version=4))
 
 
 def stage_notebooks(paths: list[Path], root: Path, second_path: Mapping[str, dict[str, str]] | None = None) -> None:
