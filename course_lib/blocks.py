@@ -156,36 +156,6 @@ def batch_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
-def encoder_block_forward(x: torch.Tensor, self_attn, ff, norm1, norm2, norm_first: bool) -> torch.Tensor:
-    """One encoder block from its sublayers: residual connections and layer norms, post-LN or pre-LN.
-
-    post-LN (``norm_first=False``)::
-
-        x = norm1(x + self_attn(x));  return norm2(x + ff(x))
-
-    pre-LN (``norm_first=True``)::
-
-        x = x + self_attn(norm1(x));  return x + ff(norm2(x))
-
-    Args:
-        x: (B, T, d_model).
-        self_attn, ff, norm1, norm2: callables (B, T, d_model) -> (B, T, d_model); ``self_attn``
-            returns only the attention output (bind a mask beforehand if there is one).
-        norm_first: False for post-LN, True for pre-LN.
-
-    Returns:
-        (B, T, d_model).
-    """
-    check_shape(x, "B T d_model", name="x", dtype="float")
-    if not isinstance(norm_first, bool):
-        raise TypeError(f"norm_first must be True or False, got {norm_first!r}")
-    if norm_first:
-        x = x + self_attn(norm1(x))
-        return x + ff(norm2(x))
-    x = norm1(x + self_attn(x))
-    return norm2(x + ff(x))
-
-
 def parameters_per_component(block: EncoderBlock) -> dict[str, int]:
     """Count an :class:`EncoderBlock`'s parameters by component.
 

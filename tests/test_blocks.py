@@ -59,7 +59,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from course_lib.blocks import (batch_norm, encoder_block_forward, gradient_norms_per_layer,  # noqa: E402
+from course_lib.blocks import (batch_norm, gradient_norms_per_layer,  # noqa: E402
                                init_gradient_norms, layer_norm, parameters_per_component, plot_gradient_norms,
                                plot_normalised_slice)
 
@@ -107,25 +107,6 @@ def test_batch_norm_matches_pytorch_training_mode_and_depends_on_the_batch():
         batch_norm(torch.randn(1, 1, 5))
     with pytest.raises(ValueError, match="expected 3 axes"):
         batch_norm(torch.randn(4, 5))
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
-def test_encoder_block_forward_equals_the_block(norm_first):
-    torch.manual_seed(3)
-    block = EncoderBlock(8, 2, 32, dropout=0.0, norm_first=norm_first).eval()
-    with torch.no_grad():
-        block.norm1.weight.uniform_(0.5, 1.5)
-        block.norm2.bias.uniform_(-1, 1)
-    x = torch.randn(2, 5, 8)
-    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])[:, None, None, :]
-    out = encoder_block_forward(x, lambda t: block.self_attn(t, mask=mask)[0], block.ff, block.norm1, block.norm2,
-                                norm_first)
-    assert torch.allclose(out, block(x, mask), atol=1e-6)
-    other = encoder_block_forward(x, lambda t: block.self_attn(t, mask=mask)[0], block.ff, block.norm1,
-                                  block.norm2, not norm_first)
-    assert not torch.allclose(out, other, atol=1e-3)
-    with pytest.raises(TypeError, match="norm_first must be True or False"):
-        encoder_block_forward(x, block.ff, block.ff, block.norm1, block.norm2, 1)
 
 
 def test_parameters_per_component_follow_the_formulas():

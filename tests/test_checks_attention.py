@@ -181,8 +181,13 @@ def test_check_batched_attention_names_each_mistake(attempt, fragment):
 
 
 def test_k_dot_T_itself_is_caught_as_the_named_mistake():
-    with pytest.warns(UserWarning, match="x.T"):
-        result = check_batched_attention(lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), -1) @ v)
+    always = torch._C._get_warnAlways()
+    torch._C._set_warnAlways(True)  # torch warns about x.T once per process: an earlier test may have used it up
+    try:
+        with pytest.warns(UserWarning, match="x.T"):
+            result = check_batched_attention(lambda q, k, v: torch.softmax(q @ k.T / math.sqrt(q.shape[-1]), -1) @ v)
+    finally:
+        torch._C._set_warnAlways(always)
     assert result.status == WRONG and "k.T on a 3-D tensor" in result.message and "transpose(-2, -1)" in result.hint
 
 

@@ -1,10 +1,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from course_lib.blocks import encoder_block_forward, layer_norm
-from course_lib.checks.blocks import _block_cases, check_encoder_block_forward, check_layer_norm
+from course_lib.blocks import FeedForward, layer_norm
+from course_lib.checks.blocks import _reference_block, check_encoder_block, check_layer_norm
 from course_lib.checks.core import CORRECT, ERROR, NOT_DONE, WRONG
+from course_lib.multihead import MultiHeadAttention
 
 
 def _not_done(*args, **kwargs):
@@ -79,65 +81,93 @@ def test_layer_norm_check_reports_errors():
     assert result.status == ERROR and "IndexError" in result.message
 
 
-def _post(x, a, f, n1, n2):
-    return encoder_block_forward(x, a, f, n1, n2, False)
+class Block(nn.Module):
+    """A learner's pre-LN block; ``body(x, attn, ff, norm1, norm2)`` is its forward (default: right)."""
+
+    body = None
+    ignore_mask = False
+
+    def __init__(self, d_model, h, d_ff):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, h)
+        self.ff = FeedForward(d_model, d_ff)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        attn = lambda t: self.self_attn(t, mask=None if self.ignore_mask else mask)[0]  # noqa: E731
+        if self.body is None:
+            x = x + attn(self.norm1(x))
+            return x + self.ff(self.norm2(x))
+        return type(self).body(x, attn, self.ff, self.norm1, self.norm2)
+
+
+def block(body=None, **attributes):
+    return type("LearnerBlock", (Block,), {"body": staticmethod(body) if body else None, **attributes})
 
 
 def _pre(x, a, f, n1, n2):
-    return encoder_block_forward(x, a, f, n1, n2, True)
+    x = x + a(n1(x))
+    return x + f(n2(x))
 
 
-def _split(post, pre):
-    return lambda x, a, f, n1, n2, nf: pre(x, a, f, n1, n2) if nf else post(x, a, f, n1, n2)
+def test_block_check_accepts_a_correct_block_and_a_loop_written_one():
+    assert check_encoder_block(block()).status == CORRECT
 
-
-def test_block_check_accepts_the_reference_and_a_loop_written_solution():
-    assert check_encoder_block_forward(encoder_block_forward).status == CORRECT
-
-    def written_out(x, self_attn, ff, norm1, norm2, norm_first):
-        for sublayer, norm in ((self_attn, norm1), (ff, norm2)):
-            x = x + sublayer(norm(x)) if norm_first else norm(x + sublayer(x))
+    def written_out(x, a, f, n1, n2):
+        for sublayer, norm in ((a, n1), (f, n2)):
+            x = x + sublayer(norm(x))
         return x
 
-    assert check_encoder_block_forward(written_out).status == CORRECT
+    assert check_encoder_block(block(written_out)).status == CORRECT
 
 
-@pytest.mark.parametrize("attempt, fragment", [
-    (_not_done, "replace `raise NotImplementedError`"),
-    (lambda x, a, f, n1, n2, nf: encoder_block_forward(x, a, f, n1, n2, not nf), "swapped post-LN and pre-LN"),
-    (_split(lambda x, a, f, n1, n2: n2(f(n1(a(x)))), lambda x, a, f, n1, n2: f(n2(a(n1(x))))),
-     "residual connections are missing"),
-    (_split(lambda x, a, f, n1, n2: n2(f(n1(x + a(x)))), _pre), "around the feed-forward sublayer is missing"),
-    (_split(_post, lambda x, a, f, n1, n2: (lambda y: y + f(n2(y)))(x + a(n1(x)))) if False else
-     _split(_post, lambda x, a, f, n1, n2: (lambda y: y + f(n2(y)))(a(n1(x)))),
-     "around the self-attention sublayer is missing"),
-    (_split(_post, lambda x, a, f, n1, n2: (lambda y: n2(y) + f(n2(y)))(n1(x) + a(n1(x)))),
+@pytest.mark.parametrize("body, fragment", [
+    (lambda x, a, f, n1, n2: (lambda y: n2(y + f(y)))(n1(x + a(x))), "you built a post-LN block"),
+    (lambda x, a, f, n1, n2: f(n2(a(n1(x)))), "residual connections are missing"),
+    (lambda x, a, f, n1, n2: f(n2(x + a(n1(x)))), "around the feed-forward sublayer is missing"),
+    (lambda x, a, f, n1, n2: (lambda y: y + f(n2(y)))(a(n1(x))), "around the self-attention sublayer is missing"),
+    (lambda x, a, f, n1, n2: (lambda y: n2(y) + f(n2(y)))(n1(x) + a(n1(x))),
      "added the *normalised* input as the residual"),
-    (_split(lambda x, a, f, n1, n2: n2(n1(x + a(x)) + f(x)), _pre), "to the block's input x"),
-    (_split(_post, lambda x, a, f, n1, n2: x + a(n1(x)) + f(n2(x))), "to the block's input x"),
-    (_split(lambda x, a, f, n1, n2: (lambda y: n2(y + a(y)))(n1(x + f(x))), _pre), "feed-forward sublayer before"),
-    (lambda x, a, f, n1, n2, nf: encoder_block_forward(x, a, f, n2, n1, nf), "swapped the two layer norms"),
-    (lambda x, a, f, n1, n2, nf: encoder_block_forward(x, a, f, n1, n1, nf), "used norm1 for both"),
-    (_split(_post, lambda x, a, f, n1, n2: n2(_pre(x, a, f, n1, n2))), "also normalised the block's output"),
-    (_split(lambda x, a, f, n1, n2: (lambda y: y + n2(f(y)))(x + n1(a(x))), _pre),
-     "normalised before adding the residual"),
-    (_split(lambda x, a, f, n1, n2: n1(x + a(x)), lambda x, a, f, n1, n2: x + a(n1(x))),
-     "left out the feed-forward sublayer"),
-    (lambda x, a, f, n1, n2, nf: encoder_block_forward(x, a, f, n1, n2, nf)[:, :1], "expected shape"),
+    (lambda x, a, f, n1, n2: x + a(n1(x)) + f(n2(x)), "to the block's input x"),
+    (lambda x, a, f, n1, n2: (lambda y: y + a(n2(y)))(x + f(n1(x))), "feed-forward sublayer before"),
+    (lambda x, a, f, n1, n2: _pre(x, a, f, n2, n1), "swapped the two layer norms"),
+    (lambda x, a, f, n1, n2: _pre(x, a, f, n1, n1), "used norm1 for both"),
+    (lambda x, a, f, n1, n2: n2(_pre(x, a, f, n1, n2)), "also normalised the block's output"),
+    (lambda x, a, f, n1, n2: x + a(n1(x)), "left out the feed-forward sublayer"),
+    (lambda x, a, f, n1, n2: _pre(x, a, f, n1, n2)[:, :1], "expected shape"),
 ])
-def test_block_check_names_each_mistake(attempt, fragment):
-    result = check_encoder_block_forward(attempt)
-    assert result.status in (WRONG, NOT_DONE) and fragment in result.message, result
+def test_block_check_names_each_mistake(body, fragment):
+    result = check_encoder_block(block(body))
+    assert result.status == WRONG and fragment in result.message, result
 
 
-def test_block_mistakes_only_in_pre_ln_are_reported_on_a_pre_ln_case():
-    result = check_encoder_block_forward(_split(_post, lambda x, a, f, n1, n2: x + a(n1(x)) + f(n2(x))))
-    assert "pre-LN (norm_first=True)" in result.message
+def test_a_block_that_ignores_the_mask_is_named_on_the_masked_case():
+    result = check_encoder_block(block(ignore_mask=True))
+    assert result.status == WRONG and "the mask is ignored" in result.message
+    assert "padding mask" in result.message
 
 
-def test_block_cases_have_distinct_norms_and_cover_both_settings():
-    cases = _block_cases()
-    assert {case.args[-1] for case in cases} == {False, True}
-    for case in cases:
-        n1, n2 = case.args[3], case.args[4]
-        assert not torch.allclose(n1.weight, n2.weight)
+def test_the_tuple_of_multi_head_attention_gets_a_hint():
+    class AddsTheTuple(Block):
+        def forward(self, x, mask=None):
+            return x + self.self_attn(self.norm1(x), mask=mask)  # a tuple: TypeError
+
+    result = check_encoder_block(AddsTheTuple)
+    assert result.status == ERROR and "(output, weights)" in result.hint
+
+
+def test_missing_or_renamed_sublayers_are_named():
+    class NoSecondNorm(Block):
+        def __init__(self, d_model, h, d_ff):
+            super().__init__(d_model, h, d_ff)
+            del self.norm2
+
+    result = check_encoder_block(NoSecondNorm)
+    assert result.status == WRONG and "no parameter norm2.weight (8,)" in result.message
+    assert "nn.LayerNorm(d_model)" in result.hint
+
+
+def test_the_reference_block_has_two_different_norms_and_is_pre_ln():
+    ref = _reference_block()
+    assert ref.norm_first and not torch.allclose(ref.norm1.weight, ref.norm2.weight)
+    assert not torch.allclose(ref.norm1.weight, torch.ones(8))

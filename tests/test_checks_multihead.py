@@ -1,135 +1,100 @@
+"""Notebook 07's build exercise: the check of a learner's MultiHeadAttention module."""
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from course_lib.checks.core import CORRECT, ERROR, NOT_DONE, WRONG
-from course_lib.checks.multihead import check_merge_heads, check_split_heads
+from course_lib.checks.multihead import check_multi_head_attention
 
 
-def _not_done(*args):
-    raise NotImplementedError("Your turn")
+class MHA(nn.Module):
+    """A learner's module; each keyword of ``slips`` reproduces one mistake (none: a correct answer)."""
+
+    slips: dict = {}
+
+    def __init__(self, d_model, h):
+        super().__init__()
+        self.h = h
+        bias = not self.slips.get("no_bias")
+        self.w_q, self.w_k, self.w_v, self.w_o = (nn.Linear(d_model, d_model, bias=bias) for _ in range(4))
+
+    def split(self, x):
+        B, T, d_model = x.shape
+        how = self.slips.get("split")
+        if how == "no transpose":
+            return x.reshape(B, self.h, T, -1)
+        if how == "strided":
+            return x.view(B, T, -1, self.h).permute(0, 3, 1, 2)
+        return x.view(B, T, self.h, -1).transpose(1, 2)
+
+    def forward(self, query, key=None, value=None, mask=None):
+        s = self.slips
+        key = query if key is None or s.get("ignore_memory") else key
+        value = key if value is None or s.get("ignore_memory") else value
+        q, k = self.split(self.w_q(query)), self.split(self.w_k(key))
+        v = self.split((self.w_k if s.get("values_with_w_k") else self.w_v)(value))
+        d = {"d_model": query.shape[-1], "none": 1.0}.get(s.get("scale"), q.shape[-1])
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d)
+        if mask is not None:
+            if mask.dim() == 3 and not s.get("mask_without_head_axis"):
+                mask = mask.unsqueeze(1)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=s.get("dim", -1))
+        out = weights @ v  # (B, h, T_q, d_k)
+        B, h, T, d_k = out.shape
+        if s.get("merge") == "no transpose":
+            merged = out.reshape(B, T, h * d_k)
+        elif s.get("merge") == "view":
+            merged = out.transpose(1, 2).view(B, T, h * d_k)
+        else:
+            merged = out.transpose(1, 2).reshape(B, T, h * d_k)
+        output = merged if s.get("no_w_o") else self.w_o(merged)
+        return output, (weights.mean(dim=1) if s.get("average") else weights)
 
 
-# --- split_heads ------------------------------------------------------------------------------------------
-
-def _split_right(x, h):
-    B, T, d_model = x.shape
-    return x.view(B, T, h, d_model // h).transpose(1, 2)
+def learner(**slips):
+    return type("LearnerMHA", (MHA,), {"slips": slips})
 
 
-def _split_loop(x, h):  # an independent way: slice the columns head by head
-    d_k = x.shape[-1] // h
-    return torch.stack([x[..., i * d_k:(i + 1) * d_k] for i in range(h)], dim=1)
+def test_a_correct_module_passes():
+    result = check_multi_head_attention(learner())
+    assert result.status == CORRECT, result
 
 
-@pytest.mark.parametrize("attempt, fragment", [
-    (_split_right, "matches the reference"),
-    (_split_loop, "matches the reference"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).permute(0, 2, 1, 3), "matches the reference"),
-    (_not_done, "replace `raise NotImplementedError`"),
-    (lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1), "straight to (B, h, T, d_k) without a transpose"),
-    (lambda x, h: x.view(x.shape[0], h, x.shape[1], x.shape[2] // h), "without a transpose"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1), "left the result as (B, T, h, d_k)"),
-    (lambda x, h: _split_right(x, h).transpose(1, 2), "left the result as (B, T, h, d_k)"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).transpose(-2, -1),
-     "in the order (B, T, d_k, h) instead of (B, h, T, d_k)"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).transpose(0, 2),
-     "in the order (h, T, B, d_k)"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], h, -1).transpose(1, 3), "in the order (B, d_k, h, T)"),
-    (lambda x, h: x.view(x.shape[0], x.shape[1], -1, h).permute(0, 3, 1, 2), "strided columns"),
-    (lambda x, h: torch.stack([x[..., i::h] for i in range(h)], dim=1), "strided columns"),
-    (lambda x, h: x.view(x.shape[0], x.shape[1], -1, h).transpose(1, 2), "d_k heads of width h"),
-    (lambda x, h: x.reshape(x.shape[0], x.shape[1], 2, -1).transpose(1, 2), "fixed number of heads"),
-    (lambda x, h: x.transpose(1, 2).reshape(x.shape[0], h, x.shape[1], -1), "transposed before reshaping"),
-    (lambda x, h: _split_right(x, h).numpy(), "expected a torch tensor"),
-    (lambda x, h: None, "returned None"),
+@pytest.mark.parametrize("slips, fragment", [
+    ({"split": "no transpose"}, "split into heads with a reshape straight to (B, h, T, d_k)"),
+    ({"split": "strided"}, "strided features"),
+    ({"merge": "no transpose"}, "merged the heads with a reshape"),
+    ({"scale": "d_model"}, "sqrt(d_model) instead of sqrt(d_k)"),
+    ({"scale": "none"}, "the scale is missing"),
+    ({"no_w_o": True}, "the output projection is missing"),
+    ({"mask_without_head_axis": True}, "the padding mask has no head axis"),
+    ({"ignore_memory": True}, "key and value are ignored"),
+    ({"values_with_w_k": True}, "your values went through w_k"),
+    ({"dim": -2}, "softmax over the queries"),
+    ({"average": True}, "averaged the weights over the heads"),
+    ({"no_bias": True}, "your module has no parameter w_q.bias (8,)"),
 ])
-def test_check_split_heads_names_each_mistake(attempt, fragment):
-    result = check_split_heads(attempt)
+def test_each_mistake_is_named(slips, fragment):
+    result = check_multi_head_attention(learner(**slips))
+    assert result.status == WRONG, result
     assert fragment in result.message, result
 
 
-def test_always_two_heads_is_named_on_its_own_when_nothing_else_fits():
-    from course_lib.checks.core import Case, check_function
-    from course_lib.checks.multihead import _split_mistakes
-    from course_lib.multihead import split_heads
-
-    two = lambda x, h: x.reshape(x.shape[0], x.shape[1], 2, -1).transpose(1, 2)  # noqa: E731
-    result = check_function(two, exercise="split_heads", reference=split_heads,
-                            cases=[Case((torch.randn(2, 3, 4), 1), "h=1")], mistakes=_split_mistakes())
-    assert "always make 2 heads" in result.message
-
-
-def test_check_split_heads_statuses():
-    assert check_split_heads(_not_done).status == NOT_DONE
-    assert check_split_heads(_split_right).status == CORRECT
-    assert check_split_heads(lambda x, h: x / 0 + torch.zeros(3, 3, 3, 3, 3)).status == ERROR
-
-    def in_place(x, h):
-        x.mul_(2)
-        return _split_right(x, h) / 2
-
-    result = check_split_heads(in_place)
-    assert result.status == WRONG and "changed its input in place" in result.message
-
-
-def test_square_inputs_catch_what_shapes_cannot():
-    # Wrong only where every size is 2: the shape is right everywhere, only the values can tell.
-    def sneaky(x, h):
-        out = _split_right(x, h)
-        return out.transpose(-2, -1) if x.shape == (2, 2, 4) else out
-
-    result = check_split_heads(sneaky)
-    assert result.status == WRONG and "(B=2, T=2, d_model=4)" in result.message
-
-
-# --- merge_heads ------------------------------------------------------------------------------------------
-
-def _merge_right(x):
-    B, h, T, d_k = x.shape
-    return x.transpose(1, 2).reshape(B, T, h * d_k)
-
-
-@pytest.mark.parametrize("attempt, fragment", [
-    (_merge_right, "matches the reference"),
-    (lambda x: torch.cat(x.unbind(dim=1), dim=-1), "matches the reference"),
-    (lambda x: x.permute(0, 2, 1, 3).contiguous().view(x.shape[0], x.shape[2], -1), "matches the reference"),
-    (_not_done, "replace `raise NotImplementedError`"),
-    (lambda x: x.reshape(x.shape[0], x.shape[2], -1), "without transposing back"),
-    (lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1), "interleaved"),
-    (lambda x: x.transpose(1, 2), "did not merge the last two axes"),
-    (lambda x: x.sum(dim=1), "added the heads up"),
-    (lambda x: x.mean(dim=1), "averaged the heads"),
-    (lambda x: torch.cat(x.unbind(dim=1), dim=1), "along the time axis"),
-    (lambda x: x[:, 0], "kept only head 0"),
-    (lambda x: x.transpose(-2, -1).reshape(x.shape[0], x.shape[2], -1), "in the order (B, h, d_k, T)"),
-    (lambda x: x.transpose(1, 3).reshape(x.shape[0], x.shape[2], -1), "in the order (B, d_k, T, h)"),
-    (lambda x: None, "returned None"),
-])
-def test_check_merge_heads_names_each_mistake(attempt, fragment):
-    result = check_merge_heads(attempt)
-    assert fragment in result.message, result
-
-
-def test_check_merge_heads_explains_view_after_transpose():
-    result = check_merge_heads(lambda x: x.transpose(1, 2).view(x.shape[0], x.shape[2], -1))
+def test_view_after_transpose_is_explained():
+    result = check_multi_head_attention(learner(merge="view"))
     assert result.status == ERROR and "view size is not compatible" in result.message
-    assert ".reshape" in result.hint and "no longer stored row by row" in result.hint
-    # other errors keep their message and get no such hint
-    result = check_merge_heads(lambda x: x.reshape(7, 7))
-    assert result.status == ERROR and result.hint == ""
+    assert ".reshape" in result.hint
 
 
-def test_check_merge_heads_statuses_and_square_inputs():
-    assert check_merge_heads(_not_done).status == NOT_DONE
-    assert check_merge_heads(_merge_right).status == CORRECT
+def test_stubs_are_not_done_and_instances_are_refused():
+    class Stub(nn.Module):
+        def __init__(self, d_model, h):
+            super().__init__()
+            raise NotImplementedError("Your turn")
 
-    def sneaky(x):  # wrong only when T == h, where the shape is still right
-        return x.reshape(x.shape[0], x.shape[2], -1) if x.shape[1] == x.shape[2] == 4 else _merge_right(x)
-
-    result = check_merge_heads(sneaky)
-    assert result.status == WRONG and "T == h" in result.message and "without transposing back" in result.message
-
-
-def test_split_then_merge_round_trip_passes_both_checks():
-    assert check_split_heads(_split_loop).passed
-    assert check_merge_heads(lambda x: torch.cat([x[:, i] for i in range(x.shape[1])], dim=-1)).passed
+    assert check_multi_head_attention(Stub).status == NOT_DONE
+    result = check_multi_head_attention(MHA(8, 2))
+    assert result.status == ERROR and "expected your module's class" in result.message

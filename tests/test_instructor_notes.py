@@ -49,7 +49,7 @@ import numpy as np
 import pytest
 
 import course_lib.checks
-from course_lib.checks.core import Mistake
+from course_lib.checks.core import Mistake, ModuleMistake
 from course_lib.course import NOTEBOOK_DIR, get_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,9 +88,35 @@ def _outputs_to_head(make):
     return Mistaken
 
 
+def _outputs_to_mha(make):
+    """MultiHeadAttention: a mistake computes outputs from a layer's weights; a learner writes a module."""
+    from course_lib.multihead import MultiHeadAttention
+
+    class Mistaken(MultiHeadAttention):
+        def forward(self, query, key=None, value=None, mask=None):
+            return make(self, query, key, value, mask)
+    return Mistaken
+
+
+def _outputs_to_block(make):
+    """A pre-LN encoder block: a mistake computes the output from a block's weights; a learner writes a module."""
+    from course_lib.blocks import EncoderBlock
+
+    class Mistaken(EncoderBlock):
+        def __init__(self, d_model, h, d_ff):
+            super().__init__(d_model, h, d_ff, dropout=0.0, norm_first=True)
+
+        def forward(self, x, mask=None):
+            return make(self, x, mask)
+    return Mistaken
+
+
 # Checks whose mistakes compute a derived form of the answer: check name -> (make -> a learner's function).
 ADAPTERS = {"check_warmup_cosine": _curve_to_rate, "check_beam_step": _rows_to_tuple,
-            "check_online_softmax_merge": _columns_to_tuple, "check_single_head_attention": _outputs_to_head}
+            "check_online_softmax_merge": _columns_to_tuple}
+# Build exercises: check name -> (a ModuleMistake's make -> a module class that makes that mistake).
+MODULE_ADAPTERS = {"check_single_head_attention": _outputs_to_head, "check_multi_head_attention": _outputs_to_mha,
+                   "check_encoder_block": _outputs_to_block}
 
 _WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
           "ten": 10, "fifteen": 15, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
@@ -233,8 +259,11 @@ def check_function(name: str):
 def learner_sees(check_name: str, message: str) -> bool:
     """Whether ``check_name`` shows ``message`` to a learner whose function makes that Mistake."""
     check = check_function(check_name)
-    adapt = ADAPTERS.get(check_name, lambda make: make)
+    module_check = check_name in MODULE_ADAPTERS
+    adapt = {**ADAPTERS, **MODULE_ADAPTERS}.get(check_name, lambda make: make)
     for mistake in all_mistakes().get(message, []):
+        if isinstance(mistake, ModuleMistake) != module_check:
+            continue  # a function's mistake cannot be a module's, and the other way round
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")  # a wrong answer may overflow: that is the point of it
             result = check(adapt(mistake.make))

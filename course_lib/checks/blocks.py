@@ -1,12 +1,11 @@
-"""Notebook 08's exercises: layer normalisation by hand, and the forward pass of an encoder block."""
+"""Notebook 08's exercises: layer normalisation by hand, and a pre-LN encoder block built as a module."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from course_lib.blocks import FeedForward, encoder_block_forward, layer_norm
-from course_lib.checks.core import Case, CheckResult, Mistake, check_function
-from course_lib.multihead import MultiHeadAttention
+from course_lib.blocks import EncoderBlock, layer_norm
+from course_lib.checks.core import ERROR, Case, CheckResult, Mistake, ModuleMistake, check_function, check_module
 
 # --- exercise 1: layer_norm -------------------------------------------------------------------------------------
 
@@ -134,122 +133,114 @@ def check_layer_norm(fn) -> CheckResult:
                           mistakes=_LAYER_NORM_MISTAKES, shape_names="(B, T, d_model)", **_LN_TOL)
 
 
-# --- exercise 2: encoder_block_forward ----------------------------------------------------------------------------
+# --- exercise 2: build a pre-LN encoder block ------------------------------------------------------------------
+
+BLOCK_SIZES = {"d_model": 8, "h": 2, "d_ff": 32}
 
 
-class _SelfAttention(nn.Module):
-    """Multi-head self-attention that returns only its output, as the exercise's ``self_attn`` does."""
-
-    def __init__(self, d_model: int, h: int):
-        super().__init__()
-        self.mha = MultiHeadAttention(d_model, h)
-
-    def forward(self, x):
-        return self.mha(x)[0]
-
-
-def _sublayers(d_model: int, seed: int):
-    """Random self-attention, feed-forward and two layer norms with different, non-trivial weights."""
+def _reference_block() -> nn.Module:
+    """A pre-LN EncoderBlock with non-trivial layer norms and large sublayer outputs."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        attn = _SelfAttention(d_model, 2).eval()
-        ff = FeedForward(d_model, 4 * d_model).eval()
-        norms = [nn.LayerNorm(d_model), nn.LayerNorm(d_model)]
+        torch.manual_seed(808)
+        block = EncoderBlock(**BLOCK_SIZES, dropout=0.0, norm_first=True)
+        d_model = BLOCK_SIZES["d_model"]
         with torch.no_grad():
-            for norm in norms:
+            for norm in (block.norm1, block.norm2):  # two different norms, neither the identity
                 norm.weight.copy_(1 + 0.5 * torch.randn(d_model))
                 norm.bias.copy_(0.5 * torch.randn(d_model))
             # larger sublayer outputs, so that every misplaced residual or norm shows in the values
-            ff.linear2.weight.mul_(3.0)
-            attn.mha.w_o.weight.mul_(3.0)
-    return attn, ff, norms[0], norms[1]
+            block.ff.linear2.weight.mul_(3.0)
+            block.self_attn.w_o.weight.mul_(3.0)
+    return block
+
+
+def _block_with(body):
+    """A mistake given as ``body(x, attn, ff, norm1, norm2)`` on the reference block's sublayers."""
+    def make(ref, x, mask=None):
+        return body(x, lambda t: ref.self_attn(t, mask=mask)[0], ref.ff, ref.norm1, ref.norm2)
+    return make
+
+
+def _pre_ln(x, a, f, n1, n2):
+    x = x + a(n1(x))
+    return x + f(n2(x))
+
+
+def _mask_ignored(ref, x, mask=None):
+    return _pre_ln(x, lambda t: ref.self_attn(t)[0], ref.ff, ref.norm1, ref.norm2)
+
+
+_BLOCK_MISTAKES = [
+    ModuleMistake("you built a post-LN block, norm(x + sublayer(x)): the exercise asks for pre-LN, "
+                  "x + sublayer(norm(x)), which normalises each sublayer's input and leaves the residual "
+                  "stream alone",
+                  _block_with(lambda x, a, f, n1, n2: (lambda y: n2(y + f(y)))(n1(x + a(x)))),
+                  "x = x + self_attn(norm1(x)); then x = x + ff(norm2(x))"),
+    ModuleMistake("the residual connections are missing: each sublayer's output must be added to its input",
+                  _block_with(lambda x, a, f, n1, n2: f(n2(a(n1(x))))), "add the input back: x + sublayer(...)"),
+    ModuleMistake("the residual connection around the feed-forward sublayer is missing",
+                  _block_with(lambda x, a, f, n1, n2: f(n2(x + a(n1(x))))),
+                  "the feed-forward sublayer needs its own residual: x + ff(norm2(x))"),
+    ModuleMistake("the residual connection around the self-attention sublayer is missing",
+                  _block_with(lambda x, a, f, n1, n2: (lambda y: y + f(n2(y)))(a(n1(x)))),
+                  "the attention sublayer needs its own residual: x + self_attn(norm1(x))"),
+    ModuleMistake("you added the *normalised* input as the residual, norm(x) + sublayer(norm(x)): the residual "
+                  "must carry x itself, so the stream is never normalised inside the block",
+                  _block_with(lambda x, a, f, n1, n2: (lambda y: n2(y) + f(n2(y)))(n1(x) + a(n1(x)))),
+                  "h = self.norm1(x); x = x + attention of h; and the same with norm2 and ff"),
+    ModuleMistake("you applied the feed-forward sublayer to the block's input x instead of to the output of the "
+                  "attention sublayer: the two sublayers must run one after the other",
+                  _block_with(lambda x, a, f, n1, n2: x + a(n1(x)) + f(n2(x))),
+                  "overwrite x after the attention sublayer, then feed that x to the feed-forward sublayer"),
+    ModuleMistake("you ran the feed-forward sublayer before the attention sublayer: attention comes first",
+                  _block_with(lambda x, a, f, n1, n2: (lambda y: y + a(n2(y)))(x + f(n1(x)))),
+                  "self-attention first (with norm1), then the feed-forward network (with norm2)"),
+    ModuleMistake("you swapped the two layer norms: norm1 belongs to the attention sublayer, norm2 to the "
+                  "feed-forward sublayer", _block_with(lambda x, a, f, n1, n2: _pre_ln(x, a, f, n2, n1)),
+                  "use norm1 before self_attn and norm2 before ff"),
+    ModuleMistake("you used norm1 for both sublayers: norm2 has its own weights and belongs to the feed-forward "
+                  "sublayer", _block_with(lambda x, a, f, n1, n2: _pre_ln(x, a, f, n1, n1)),
+                  "use norm1 before self_attn and norm2 before ff"),
+    ModuleMistake("you also normalised the block's output: a pre-LN block returns x + ff(norm2(x)) unnormalised "
+                  "(a final LayerNorm comes once, at the end of the whole stack)",
+                  _block_with(lambda x, a, f, n1, n2: n2(_pre_ln(x, a, f, n1, n2))), "return x + self.ff(self.norm2(x))"),
+    ModuleMistake("you left out the feed-forward sublayer: a block has two sublayers, attention and feed-forward",
+                  _block_with(lambda x, a, f, n1, n2: x + a(n1(x))),
+                  "after the attention sublayer, add the feed-forward sublayer with its residual and norm2"),
+    ModuleMistake("the mask is ignored: pass it on to the attention, self.self_attn(h, mask=mask), so that no "
+                  "token reads the padding", _mask_ignored, "self.self_attn(h, mask=mask)[0]"),
+]
+
+_TUPLE_HINT = ("MultiHeadAttention returns a pair (output, weights): take the output, "
+               "self.self_attn(h, mask=mask)[0]")
 
 
 def _block_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(809)
-    cases = []
-    for norm_first, seed in ((False, 1), (True, 2), (False, 3), (True, 4)):
-        d_model = 8 if seed <= 2 else 4
-        x = 2 * torch.randn(2, 3, d_model, generator=gen) + 0.5
-        setting = "pre-LN (norm_first=True)" if norm_first else "post-LN (norm_first=False)"
-        cases.append(Case((x, *_sublayers(d_model, seed), norm_first),
-                          f"{setting}, x of shape {tuple(x.shape)}"))
-    return cases
+    d_model = BLOCK_SIZES["d_model"]
+    x5, x4 = (2 * torch.randn(2, t, d_model, generator=gen) + 0.5 for t in (5, 4))
+    keep = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    return [
+        Case((x5,), "x of shape (B=2, T=5, d_model=8), no mask"),
+        Case((x5,), "x (2, 5, 8) with a padding mask (B, 1, 1, T): the 2nd sentence has 2 pads",
+             kwargs={"mask": keep[:, None, None, :]}),
+        Case((x4,), "x of shape (B=2, T=4, d_model=8), no mask"),
+    ]
 
 
-def _forward(post, pre):
-    """A wrong answer given by one function for post-LN and another for pre-LN."""
-    return lambda x, a, f, n1, n2, norm_first: (pre if norm_first else post)(x, a, f, n1, n2)
+def check_encoder_block(cls) -> CheckResult:
+    """Check a learner's pre-LN encoder block class, built as ``cls(d_model=8, h=2, d_ff=32)``.
 
-
-def _ref(x, a, f, n1, n2, norm_first):
-    return encoder_block_forward(x, a, f, n1, n2, norm_first)
-
-
-def _post_then(x, a, f, n1, n2, second):
-    x = n1(x + a(x))
-    return second(x)
-
-
-def _pre_then(x, a, f, n1, n2, second):
-    x = x + a(n1(x))
-    return second(x)
-
-
-_BLOCK_MISTAKES = [
-    Mistake("you swapped post-LN and pre-LN: norm_first=True means normalise *before* each sublayer "
-            "(x + sublayer(norm(x))), False means after the residual sum (norm(x + sublayer(x)))",
-            lambda x, a, f, n1, n2, nf: _ref(x, a, f, n1, n2, not nf),
-            "if norm_first: x = x + self_attn(norm1(x)) ... else: x = norm1(x + self_attn(x)) ..."),
-    Mistake("the residual connections are missing: each sublayer's output must be added to its input",
-            _forward(lambda x, a, f, n1, n2: n2(f(n1(a(x)))),
-                     lambda x, a, f, n1, n2: f(n2(a(n1(x))))),
-            "add the input back: x + sublayer(...)"),
-    Mistake("the residual connection around the feed-forward sublayer is missing",
-            _forward(lambda x, a, f, n1, n2: _post_then(x, a, f, n1, n2, lambda y: n2(f(y))),
-                     lambda x, a, f, n1, n2: _pre_then(x, a, f, n1, n2, lambda y: f(n2(y)))),
-            "the feed-forward sublayer needs its own residual: x + ff(...)"),
-    Mistake("the residual connection around the self-attention sublayer is missing",
-            _forward(lambda x, a, f, n1, n2: (lambda y: n2(y + f(y)))(n1(a(x))),
-                     lambda x, a, f, n1, n2: (lambda y: y + f(n2(y)))(a(n1(x)))),
-            "the attention sublayer needs its own residual: x + self_attn(...)"),
-    Mistake("in pre-LN you added the *normalised* input as the residual, norm(x) + sublayer(norm(x)): the "
-            "residual must carry x itself, so the stream is never normalised inside the block",
-            _forward(lambda x, a, f, n1, n2: _ref(x, a, f, n1, n2, False),
-                     lambda x, a, f, n1, n2: (lambda y: n2(y) + f(n2(y)))(n1(x) + a(n1(x)))),
-            "h = norm1(x); x = x + self_attn(h); and the same with norm2 and ff"),
-    Mistake("you applied the feed-forward sublayer to the block's input x instead of to the output of the "
-            "attention sublayer: the two sublayers must run one after the other",
-            _forward(lambda x, a, f, n1, n2: n2(n1(x + a(x)) + f(x)),
-                     lambda x, a, f, n1, n2: x + a(n1(x)) + f(n2(x))),
-            "overwrite x after the attention sublayer, then feed that x to the feed-forward sublayer"),
-    Mistake("you ran the feed-forward sublayer before the attention sublayer: attention comes first",
-            _forward(lambda x, a, f, n1, n2: (lambda y: n2(y + a(y)))(n1(x + f(x))),
-                     lambda x, a, f, n1, n2: (lambda y: y + a(n2(y)))(x + f(n1(x)))),
-            "self-attention first (with norm1), then the feed-forward network (with norm2)"),
-    Mistake("you swapped the two layer norms: norm1 belongs to the attention sublayer, norm2 to the "
-            "feed-forward sublayer", lambda x, a, f, n1, n2, nf: _ref(x, a, f, n2, n1, nf),
-            "use norm1 around self_attn and norm2 around ff"),
-    Mistake("you used norm1 for both sublayers: norm2 has its own weights and belongs to the feed-forward "
-            "sublayer", lambda x, a, f, n1, n2, nf: _ref(x, a, f, n1, n1, nf),
-            "use norm1 around self_attn and norm2 around ff"),
-    Mistake("in pre-LN you also normalised the block's output: a pre-LN block returns x + ff(norm2(x)) "
-            "unnormalised (a final LayerNorm comes once, at the end of the whole stack)",
-            _forward(lambda x, a, f, n1, n2: _ref(x, a, f, n1, n2, False),
-                     lambda x, a, f, n1, n2: n2(_ref(x, a, f, n1, n2, True))),
-            "return x + ff(norm2(x))"),
-    Mistake("in post-LN you normalised before adding the residual, x + norm(sublayer(x)): the norm comes "
-            "after the sum, norm(x + sublayer(x))",
-            _forward(lambda x, a, f, n1, n2: (lambda y: y + n2(f(y)))(x + n1(a(x))),
-                     lambda x, a, f, n1, n2: _ref(x, a, f, n1, n2, True)),
-            "x = norm1(x + self_attn(x)); return norm2(x + ff(x))"),
-    Mistake("you left out the feed-forward sublayer: a block has two sublayers, attention and feed-forward",
-            _forward(lambda x, a, f, n1, n2: n1(x + a(x)), lambda x, a, f, n1, n2: x + a(n1(x))),
-            "after the attention sublayer, add the feed-forward sublayer with its residual and norm2"),
-]
-
-
-def check_encoder_block_forward(fn) -> CheckResult:
-    """Check a learner's ``encoder_block_forward(x, self_attn, ff, norm1, norm2, norm_first)``."""
-    return check_function(fn, exercise="encoder_block_forward", reference=_ref, cases=_block_cases(),
-                          mistakes=_BLOCK_MISTAKES, shape_names="(B, T, d_model)", rtol=1e-4, atol=1e-5)
+    Its submodules must be ``self_attn`` (a ``MultiHeadAttention(d_model, h)``), ``ff`` (a
+    ``FeedForward(d_model, d_ff)``), ``norm1`` and ``norm2`` (``nn.LayerNorm(d_model)``);
+    ``forward(x, mask=None)`` maps x (B, T, d_model) to (B, T, d_model).
+    """
+    result = check_module(cls, exercise="EncoderBlock (pre-LN)", init_kwargs=dict(BLOCK_SIZES),
+                          make_reference=_reference_block, cases=_block_cases(), mistakes=_BLOCK_MISTAKES,
+                          parameter_hint="self.self_attn = MultiHeadAttention(d_model, h), self.ff = FeedForward("
+                                         "d_model, d_ff), self.norm1 and self.norm2 = nn.LayerNorm(d_model)",
+                          success="your block matches course_lib's pre-LN EncoderBlock with the same weights: "
+                                  "with and without a padding mask, output and gradients.", rtol=1e-4, atol=1e-5)
+    if result.status == ERROR and "tuple" in result.message:
+        return CheckResult(result.exercise, ERROR, result.message, _TUPLE_HINT)
+    return result
