@@ -18,6 +18,7 @@ trained model (:func:`load_pretrained`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -151,6 +152,53 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     return loss, nll
 
 
+def autocast_for(device) -> contextlib.AbstractContextManager:
+    """The context a forward pass runs in: bf16 autocast on CUDA, plain float32 elsewhere."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer, scheduler=None,
+               smoothing: float = 0.1, clip_norm: float = 1.0,
+               autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
+    """One update of a translator: the step that every epoch of :class:`Trainer` repeats.
+
+    Forward pass ``model(batch.src (B, S), batch.tgt_in (B, T)) -> logits (B, T, V)`` (inside
+    ``autocast`` when given), label-smoothed cross-entropy against ``batch.tgt_out (B, T)`` over the
+    real target tokens, then: clear the old gradients, backpropagate, clip the gradient norm to
+    ``clip_norm``, step the optimiser, and step the scheduler (once per update; None skips it).
+
+    Returns:
+        ``(loss, norm)``: the loss as a float, and the gradient norm before clipping.
+    """
+    with autocast if autocast is not None else contextlib.nullcontext():
+        logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    loss, _ = label_smoothed_loss(logits, batch.tgt_out, smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach()), float(norm)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW with the recipe's rate and betas; weight decay on matrices only (not biases or norm gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=recipe.betas)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The recipe's :func:`learning_rate` schedule over ``total_steps`` updates, stepped once per update."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate(step, total_steps, 1.0, recipe.warmup_steps, recipe.final_lr_fraction))
+
+
 def build_model(recipe: Recipe, vocab_size: int | None = None):
     """The course's :class:`~course_lib.transformer.Seq2SeqTransformer` with one shared embedding."""
     from course_lib.transformer import Seq2SeqTransformer
@@ -248,16 +296,11 @@ class Trainer:
         if self.world_size > 1:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=recipe.lr, betas=recipe.betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: learning_rate(step, self.total_steps, 1.0, recipe.warmup_steps,
-                                                       recipe.final_lr_fraction))
+        self.optimizer = make_optimizer(self.model, recipe)
+        self.scheduler = make_scheduler(self.optimizer, recipe, self.total_steps)
         self.epoch, self.step = 0, 0
         self.history: list[EpochResult] = []
+        self.step_losses: list[float] = []  # the loss of every update this Trainer ran (not kept in checkpoints)
 
     @staticmethod
     def select_pairs(pairs, recipe: Recipe) -> list:
@@ -271,9 +314,7 @@ class Trainer:
 
     # -- one epoch --
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
+        return autocast_for(self.device)
 
     def train_epoch(self) -> tuple[float, int]:
         """One pass over the training batches; returns (mean loss per target token, target tokens)."""
@@ -287,17 +328,11 @@ class Trainer:
         # leave=True: each epoch's finished bar stays, in a live notebook as in the stored one.
         for batch in bar:
             batch = batch.to(self.device)
-            with self._autocast():
-                logits = self.ddp_model(batch.src, batch.tgt_in)
-            loss, _ = label_smoothed_loss(logits, batch.tgt_out, self.recipe.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.clip_norm)
-            self.optimizer.step()
-            self.scheduler.step()
+            value, _ = train_step(self.ddp_model, batch, self.optimizer, self.scheduler, self.recipe.label_smoothing,
+                                  self.recipe.clip_norm, self._autocast())
             self.step += 1
+            self.step_losses.append(value)
             n = batch.num_target_tokens
-            value = float(loss.detach())
             total_loss += value * n
             total_tokens += n
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)

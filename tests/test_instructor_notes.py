@@ -367,3 +367,16 @@ def test_instructor_readme_lists_every_notebook():
         assert f"({path.stem}.md)" in readme, f"instructor/README.md does not link to {path.stem}.md"
         assert f"{entry.number:02d} · {entry.title}" in readme, (
             f"instructor/README.md does not name {entry.number:02d} · {entry.title}")
+
+
+def test_instructor_readme_states_each_notebook_time_as_the_notebook_does():
+    readme = (NOTES_DIR / "README.md").read_text(encoding="utf-8")
+    for path in PATHS:
+        entry = get_notebook(path.name)
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {entry.number:02d} · "))
+        session = re.search(r"\*\*Time:\*\*[^0-9]*(\d+(?:\.\d+)?)", _first_cell(path))
+        assert session, f"{path.name}: no **Time:** with a number"
+        listed = re.search(r"\|[^|]*\|[^0-9|]*(\d+(?:\.\d+)?)", row)
+        assert listed and listed.group(1) == session.group(1), (
+            f"instructor/README.md says {row.split('|')[2].strip()!r} for {path.name}, whose **Time:** starts "
+            f"with {session.group(1)}")

@@ -14,6 +14,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from course_lib import data
 from course_lib.batching import BatchPlan, collate, encode_pairs
 from course_lib.decoding import greedy_search, translate
 from course_lib.tokenizer import EOS_ID, PAD_ID, train_sentencepiece
-from course_lib.train import (RECIPES, EpochResult, Recipe, Trainer, build_model, corpus_bleu, default_recipe_name,
-                              export_model, get_recipe, hardware_description, label_smoothed_loss, learning_rate,
-                              load_pretrained, main, parse_overrides, rng_state, save_atomically, set_rng_state,
-                              sha256_file)
+from course_lib.train import (RECIPES, EpochResult, Recipe, Trainer, autocast_for, build_model, corpus_bleu,
+                              default_recipe_name, export_model, get_recipe, hardware_description,
+                              label_smoothed_loss, learning_rate, load_pretrained, main, make_optimizer,
+                              make_scheduler, parse_overrides, rng_state, save_atomically, set_rng_state,
+                              sha256_file, train_step)
 from course_lib.transformer import count_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,6 +351,65 @@ def test_bleu_on_given_pairs(trained):
     expected = corpus_bleu(hypotheses, [p[1] for p in pairs])[0].score
     assert trainer.bleu(pairs) == pytest.approx(expected)
     assert trainer.bleu([(de, de) for de, _ in pairs]) == pytest.approx(corpus_bleu(hypotheses, [p[0] for p in pairs])[0].score)
+
+
+def test_trainer_repeats_train_step_the_inline_loop_gives_the_same_losses(tokenizer, trained):
+    # Notebook 11 writes the loop out with train_step, make_optimizer and make_scheduler, and asserts
+    # that Trainer computes the same losses on the same batches; this is that claim on the toy task.
+    recipe = trained.recipe
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe, tokenizer.vocab_size)
+    plan = BatchPlan(encode_pairs(TRAIN, tokenizer, max_len=recipe.max_len), recipe.max_tokens, seed=recipe.seed)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, total_steps=len(plan) * recipe.epochs)
+    model.train()
+    losses = [train_step(model, batch, optimizer, scheduler, recipe.label_smoothing, recipe.clip_norm,
+                         autocast_for("cpu"))[0] for batch in plan.epoch(0)]
+    assert len(losses) == trained.trainer.steps_per_epoch
+    assert losses == trained.trainer.step_losses[:len(losses)]  # bit for bit
+    assert len(trained.trainer.step_losses) == recipe.epochs * trained.trainer.steps_per_epoch
+
+
+def test_train_step_returns_the_norm_before_clipping_and_steps_once(tokenizer):
+    recipe = _recipe(tokenizer, clip_norm=1e-3)
+    torch.manual_seed(0)
+    model = build_model(recipe, tokenizer.vocab_size)
+    batch = collate(encode_pairs(TRAIN[:4], tokenizer))
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, total_steps=10)
+    loss, norm = train_step(model, batch, optimizer, scheduler, 0.1, recipe.clip_norm)
+    assert isinstance(loss, float) and isinstance(norm, float) and norm > 1e-3  # before clipping
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+    assert torch.linalg.vector_norm(grads).item() == pytest.approx(1e-3, rel=1e-3)  # clipped in place
+    assert scheduler.last_epoch == 1  # one scheduler step per update
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, batch, optimizer, None, 0.1, recipe.clip_norm)  # no scheduler: the rate stays
+    assert scheduler.last_epoch == 1 and any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_make_optimizer_decays_matrices_only_and_the_scheduler_follows_learning_rate(tokenizer):
+    recipe = _recipe(tokenizer, weight_decay=0.05)
+    model = build_model(recipe, tokenizer.vocab_size)
+    optimizer = make_optimizer(model, recipe)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert optimizer.defaults["betas"] == recipe.betas
+    scheduler = make_scheduler(optimizer, recipe, total_steps=20)
+    for step in range(20):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(step, 20, recipe.lr, recipe.warmup_steps,
+                                                                              recipe.final_lr_fraction))
+        optimizer.step()
+        scheduler.step()
+
+
+def test_autocast_for_is_plain_float32_off_cuda():
+    with autocast_for("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with warnings.catch_warnings():  # without a GPU torch warns that it disables CUDA autocast
+        warnings.simplefilter("ignore")
+        assert isinstance(autocast_for(torch.device("cuda", 0)), torch.autocast)
 
 
 def test_train_pairs_takes_a_subset_in_corpus_order(tokenizer):

@@ -1,4 +1,4 @@
-"""Notebook 11's exercises: the label-smoothed loss, and the warm-up + cosine learning-rate schedule."""
+"""Notebook 11's exercises: the label-smoothed loss, the warm-up + cosine schedule, and one training step."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from course_lib.checks.core import Case, CheckResult, Mistake, check_function
+from course_lib.checks.core import (ERROR, NOT_DONE, WRONG, CORRECT, Case, CheckResult, Mistake, check_function,
+                                   describe_value, same_value)
 from course_lib.train import label_smoothed_loss, learning_rate
 
 PAD = 0
@@ -143,3 +144,184 @@ def check_warmup_cosine(fn) -> CheckResult:
              Case((25, 2.0, 5, 0.1), "total_steps 25, peak 2.0, warm-up 5 steps, final_fraction 0.1")]
     return check_function(whole_curve, exercise="warmup_cosine", reference=_reference_curve, cases=cases,
                           mistakes=_SCHEDULE_MISTAKES, shape_names="(steps,)", rtol=1e-6, atol=1e-12)
+
+
+# --- exercise 3: one training step ---------------------------------------------------------------
+# The check trains two copies of a tiny translator, the learner's step and course_lib's, on the same
+# padded batches, and compares after every update: the returned loss and gradient norm, every weight,
+# and the learning rate. It uses plain SGD, whose update is proportional to the gradient, so that
+# clipping, an accumulated gradient or a wrong rate shows in the weights at once (Adam would divide
+# most of a uniform rescaling back out).
+
+STEP_SETTINGS = {"smoothing": 0.1, "clip_norm": 0.5}
+_STEP_LR, _STEP_UPDATES = 0.5, 3
+
+
+def _step_batches() -> list:
+    from course_lib.batching import Example, collate
+
+    gen = torch.Generator().manual_seed(1103)
+    batches = []
+    for lengths in ((5, 3, 4), (2, 6, 3), (4, 4, 1)):  # different lengths: every batch has padding
+        examples = [Example(tuple((torch.randint(4, 12, (n,), generator=gen)).tolist()) + (2,),
+                            tuple((torch.randint(4, 12, (n + 1,), generator=gen)).tolist()) + (2,))
+                    for n in lengths]
+        batches.append(collate(examples))
+    return batches
+
+
+def _step_setup():
+    """A fresh tiny translator, its SGD optimiser and a warm-up schedule (the same every call)."""
+    from course_lib.transformer import Seq2SeqTransformer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1102)
+        model = Seq2SeqTransformer(12, 12, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1, d_ff=32,
+                                   dropout=0.0, share_embeddings=True, pad_id=PAD)
+    optimizer = torch.optim.SGD(model.parameters(), lr=_STEP_LR)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, 10, 1.0, 3, 0.05))
+    return model, optimizer, scheduler
+
+
+def _trajectory(step_fn) -> list[tuple]:
+    """(loss, norm, weights, learning rate) after each update of a fresh setup trained with ``step_fn``."""
+    import contextlib
+    import warnings
+
+    model, optimizer, scheduler = _step_setup()
+    model.train()
+    states = []
+    with warnings.catch_warnings():  # e.g. "lr_scheduler.step() before optimizer.step()": the check names it
+        warnings.simplefilter("ignore")
+        for batch in _step_batches():
+            result = step_fn(model, batch, optimizer, scheduler, STEP_SETTINGS["smoothing"],
+                             STEP_SETTINGS["clip_norm"], contextlib.nullcontext())
+            weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            states.append((result, weights, optimizer.param_groups[0]["lr"]))
+    return states
+
+
+def _loss_of(model, batch, smoothing, pad_ignored=True, smoothed=True):
+    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
+                           ignore_index=PAD if pad_ignored else -100, label_smoothing=smoothing if smoothed else 0.0)
+
+
+def _wrong_step(zero_grad="before", clip="before", scheduler_step="after", backward=True, pad_ignored=True,
+                smoothed=True):
+    """A training step with one known slip (the defaults make the right one)."""
+    def step(model, batch, optimizer, scheduler, smoothing, clip_norm, autocast):
+        with autocast:
+            loss = _loss_of(model, batch, smoothing, pad_ignored, smoothed)
+        if zero_grad == "before":
+            optimizer.zero_grad()
+        if backward:
+            loss.backward()
+        if zero_grad == "after backward":
+            optimizer.zero_grad()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm) if clip == "before" else None
+        if scheduler_step == "before":
+            scheduler.step()
+        optimizer.step()
+        if clip == "after":
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        elif clip == "none":
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()
+                                                         if p.grad is not None]))
+        if scheduler_step == "after":
+            scheduler.step()
+        return float(loss), float(norm)
+    return step
+
+
+_STEP_SLIPS = [  # (the wrong step, what the check says, the hint)
+    (_wrong_step(zero_grad="never"),
+     "you never cleared the gradients: backward() ADDS to each .grad, so from the second update on the gradients "
+     "of all earlier batches pile up", "call optimizer.zero_grad() before loss.backward() in every step"),
+    (_wrong_step(clip="after"),  # the same weights as no clipping at all
+     "every update used the unclipped gradient: is clip_grad_norm_ missing, or does it come after "
+     "optimizer.step(), when the update has already been made?",
+     "norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm), between loss.backward() and "
+     "optimizer.step()"),
+    (_wrong_step(scheduler_step="never"),
+     "the learning rate never changed: the schedule counts updates, so scheduler.step() belongs in every step "
+     "(after optimizer.step()), not once per epoch",
+     "add scheduler.step() after optimizer.step()"),
+    (_wrong_step(scheduler_step="before"),
+     "you stepped the scheduler before the optimiser: every update used the learning rate of the next one",
+     "optimizer.step() first, then scheduler.step()"),
+    (_wrong_step(pad_ignored=False),
+     "your loss counts the padding too: the PAD targets must be ignored, so that the loss averages over the real "
+     "target tokens only", "F.cross_entropy(..., ignore_index=PAD_ID)"),
+    (_wrong_step(smoothed=False),
+     "your loss has no label smoothing: plain cross-entropy", "F.cross_entropy(..., label_smoothing=smoothing)"),
+    (_wrong_step(zero_grad="after backward"),
+     "the weights never changed: the optimiser saw no gradient. Does zero_grad() run between backward() and "
+     "step(), or is loss.backward() missing?", "zero_grad(), backward(), clip, step(): in that order"),
+    (_wrong_step(backward=False),
+     "the weights never changed: the optimiser saw no gradient. Does zero_grad() run between backward() and "
+     "step(), or is loss.backward() missing?", "zero_grad(), backward(), clip, step(): in that order"),
+]
+
+
+_STEP_MISTAKES = [Mistake(message, make, hint) for make, message, hint in _STEP_SLIPS]
+
+
+def _same_state(a, b) -> bool:
+    (result_a, weights_a, lr_a), (result_b, weights_b, lr_b) = a, b
+    return (same_value(torch.tensor(result_a, dtype=torch.float64), torch.tensor(result_b, dtype=torch.float64),
+                       rtol=1e-4, atol=1e-6)
+            and same_value(weights_a, weights_b, rtol=1e-4, atol=1e-6) and math.isclose(lr_a, lr_b, rel_tol=1e-9))
+
+
+def _as_pair(result):
+    """The learner's (loss, norm) as two floats, or a message saying what came instead."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        return f"your step returned {describe_value(result)}; expected a pair (loss, norm) of numbers"
+    try:
+        return float(result[0]), float(result[1])
+    except (TypeError, ValueError, RuntimeError):
+        return f"your step returned ({type(result[0]).__name__}, {type(result[1]).__name__}); expected two numbers"
+
+
+def check_train_step(fn) -> CheckResult:
+    """Check a learner's ``train_step(model, batch, optimizer, scheduler, smoothing, clip_norm, autocast)``.
+
+    It must run one update (forward under ``autocast``, label-smoothed cross-entropy over the real
+    target tokens, zero_grad, backward, clipping to ``clip_norm``, optimizer step, scheduler step)
+    and return ``(loss, norm)``, the loss and the gradient norm before clipping, as numbers.
+    """
+    exercise = "train_step"
+    if not callable(fn):
+        return CheckResult(exercise, ERROR, f"expected a function, got {describe_value(fn)}",
+                           "pass the function itself, without calling it: check_train_step(train_step)")
+    from course_lib.train import train_step
+
+    def checked(model, batch, optimizer, scheduler, smoothing, clip_norm, autocast):
+        return _as_pair(fn(model, batch, optimizer, scheduler, smoothing, clip_norm, autocast))
+
+    try:
+        mine = _trajectory(checked)
+    except NotImplementedError:
+        return CheckResult(exercise, NOT_DONE, "replace `raise NotImplementedError` with your code, then run this "
+                                               "check again.")
+    except Exception as exc:
+        return CheckResult(exercise, ERROR, f"your step raised {type(exc).__name__}: {exc}")
+    for n, state in enumerate(mine, start=1):
+        if isinstance(state[0], str):
+            return CheckResult(exercise, WRONG, state[0] + f" (after update {n})")
+    expected = _trajectory(train_step)
+    if all(_same_state(a, b) for a, b in zip(mine, expected)):
+        return CheckResult(exercise, CORRECT, f"{_STEP_UPDATES} updates of a tiny translator match course_lib's "
+                                              "train_step: losses, gradient norms, every weight and the learning rate.")
+    for mistake in _STEP_MISTAKES:
+        if all(_same_state(a, b) for a, b in zip(mine, _trajectory(mistake.make))):
+            return CheckResult(exercise, WRONG, mistake.message, mistake.hint)
+    n, (a, b) = next((n, pair) for n, pair in enumerate(zip(mine, expected), start=1) if not _same_state(*pair))
+    what = ("the loss" if not math.isclose(a[0][0], b[0][0], rel_tol=1e-4) else
+            "the gradient norm" if not math.isclose(a[0][1], b[0][1], rel_tol=1e-4) else
+            "the learning rate" if not math.isclose(a[2], b[2], rel_tol=1e-9) else "the weights")
+    verb = "differ" if what == "the weights" else "differs"
+    return CheckResult(exercise, WRONG, f"after update {n}, {what} {verb} from course_lib's train_step "
+                                        f"(loss {a[0][0]:.4f} against {b[0][0]:.4f}, norm {a[0][1]:.4f} against "
+                                        f"{b[0][1]:.4f})")
