@@ -471,10 +471,36 @@ def close_notebooks(page, server: LabServer, timeout: float = 15) -> None:
     page.goto("about:blank")
 
 
-def run_all_cells(page) -> None:
-    """Run → Run All Cells, through the menu as a learner does."""
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+def _prompts(page) -> list[str]:
+    """The input prompts of the visible notebook's code cells: "[ ]:", "[*]:", "[3]:", ..."""
+    return page.eval_on_selector_all(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt",
+                                     "nodes => nodes.map(n => n.textContent.trim())")
+
+
+def run_has_started(prompts: list[str]) -> bool:
+    """Whether any code cell is queued, running or done (its prompt is no longer empty)."""
+    return any(p not in ("", "[ ]:") for p in prompts)
+
+
+def run_all_cells(page, attempts: int = 3, started_within: float = 15.0) -> None:
+    """Run → Run All Cells, through the menu as a learner does, until the run has visibly started.
+
+    Run All queues every cell at once, so at least one prompt shows ``[*]`` within moments. Right
+    after a notebook opens, a click can land on a menu that is still being drawn and do nothing (one
+    CI run waited 600 s on a notebook that never started); then the menu is closed and the click
+    repeated, at most ``attempts`` times.
+    """
+    for _ in range(attempts):
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        deadline = time.monotonic() + started_within
+        while time.monotonic() < deadline:
+            if run_has_started(_prompts(page)) or page.locator(".jp-Dialog").count():
+                return
+            time.sleep(0.25)
+        page.keyboard.press("Escape")  # a menu left open would swallow the next click
+    raise AssertionError(f"Run → Run All Cells did not start the notebook ({attempts} tries, "
+                         f"{started_within:.0f} s each)")
 
 
 def wait_for_run(page, timeout: float, poll: float = 0.5) -> str | None:
@@ -490,11 +516,9 @@ def wait_for_run(page, timeout: float, poll: float = 0.5) -> str | None:
         dialog = page.locator(".jp-Dialog")
         if dialog.count():
             return "a dialog came up: " + " ".join(dialog.first.inner_text().split())
-        prompts = page.eval_on_selector_all(
-            ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt",
-            "nodes => nodes.map(n => n.textContent.trim())")
+        prompts = _prompts(page)
         busy = any(p.startswith("[*]") for p in prompts)
-        started = started or any(p not in ("", "[ ]:") for p in prompts)
+        started = started or run_has_started(prompts)
         if started and not busy:
             return None
         time.sleep(poll)

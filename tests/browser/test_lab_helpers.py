@@ -10,7 +10,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from course_lib.notebooks import SECOND_KERNEL_PATH
 from lab import (NOT_DONE, SANITIZE_FILE, SECOND_PATH_NOTEBOOKS, STDERR_MIME, WIDGET_MIME,
                  LabServer, check_reports, committed_cells, exercises, notebook_title, output_differences,
-                 problems, second_path_kernel, selected_notebooks, slideshow_figures, stage_notebooks)
+                 problems, run_has_started, second_path_kernel, selected_notebooks, slideshow_figures,
+                 stage_notebooks)
 
 VIEW = {"model_id": "abc", "version_major": 2, "version_minor": 0}
 PNG = "iVBORw0KGgo="
@@ -219,3 +220,14 @@ def test_a_run_that_prints_the_stored_text_has_no_output_differences(printed):
 def test_output_differences_name_the_cell_and_the_text(printed, changes, cell, shown):
     found = output_differences(printed, run_of(printed, **changes), SANITIZE_FILE)
     assert len(found) == 1 and found[0].startswith(cell) and shown in found[0], found
+
+
+@pytest.mark.parametrize("prompts, started", [
+    (["", "[ ]:", "[ ]:"], False),  # nothing queued: the Run All click was lost
+    (["", "[*]:", "[*]:"], True),   # queued
+    (["", "[1]:", "[*]:"], True),   # running
+    (["", "[1]:", "[2]:"], True),   # done already
+    ([], False),
+])
+def test_a_run_has_started_once_any_prompt_is_no_longer_empty(prompts, started):
+    assert run_has_started(prompts) is started
