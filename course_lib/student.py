@@ -178,19 +178,17 @@ def expression_fingerprints(code: str) -> set[str]:
     return prints
 
 
-def _solution_key_expressions(code: str) -> list[str]:
-    """The top-level expressions of a solution block (one per statement), anonymised."""
+def _solution_key_expressions(code: str) -> list[tuple[str, str]]:
+    """The top-level expressions of a solution block (one per statement), anonymised.
+
+    Each as (its dump, which is compared; its code, which messages show: ``_.softmax(_, dim=-1)``).
+    """
     try:
         tree = _Anonymise().visit(ast.parse(textwrap.dedent(code)))
     except SyntaxError:
         return []
-    return [ast.dump(root, annotate_fields=False) for root in _expression_roots(tree)
+    return [(ast.dump(root, annotate_fields=False), ast.unparse(root)) for root in _expression_roots(tree)
             if _size(root) >= MIN_NODES]
-
-
-def _readable(dump: str) -> str:
-    """Code again from an anonymised dump, for messages: ``_.softmax(_ @ _.T, dim=-1)``."""
-    return ast.unparse(eval(dump, vars(ast)))  # the dump of a trusted, just-parsed tree
 
 
 def solution_blocks(source: str) -> list[str]:
@@ -228,11 +226,11 @@ def earlier_answers(nb: nbformat.NotebookNode) -> list[str]:
                 continue
             best_index, best = None, []
             for earlier_index, prints in earlier:
-                found = [w for w in wanted if w in prints]
+                found = [(dump, text) for dump, text in wanted if dump in prints]
                 if len(found) > len(best):
                     best_index, best = earlier_index, found
             if 2 * len(best) > len(wanted):
-                shown = "; ".join(_readable(w) for w in best)
+                shown = "; ".join(text for _, text in best)
                 problems.append(f"the solution in cell {index} already stands in cell {best_index} "
                                 f"({len(best)} of its {len(wanted)} statements): {shown}")
         earlier.append((index, expression_fingerprints(_without_solutions(cell.source))))

@@ -176,3 +176,18 @@ def test_integer_reference_answered_with_floats_or_bools_is_wrong_with_the_hint(
     assert as_bool.status == WRONG and "torch.bool" in as_bool.message
     # an int32 answer to an int64 reference is still integers: fine
     assert check_function(lambda t: (t + 1).int(), exercise="ids", reference=ids, cases=cases).passed
+
+
+def test_seeded_module_gives_the_same_weights_every_call_and_leaves_the_caller_s_random_state():
+    from course_lib.checks.core import seeded_module
+
+    torch.manual_seed(5)
+    expected_next = torch.rand(3)
+    torch.manual_seed(5)
+    first = seeded_module(lambda: torch.nn.Linear(4, 3), seed=11)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's generator did not move
+    again = seeded_module(lambda: torch.nn.Linear(4, 3), seed=11)
+    other = seeded_module(lambda: torch.nn.Linear(4, 3), seed=12)
+    assert torch.equal(first.weight, again.weight) and not torch.equal(first.weight, other.weight)
+    scaled = seeded_module(lambda: torch.nn.Linear(4, 3), seed=11, weight_scale=2.0)
+    assert torch.equal(scaled.weight, 2 * first.weight) and torch.equal(scaled.bias, 2 * first.bias)

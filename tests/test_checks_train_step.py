@@ -1,5 +1,4 @@
 """Notebook 11's training-step exercise: the check names each known slip of a learner's step."""
-import contextlib
 
 import pytest
 import torch

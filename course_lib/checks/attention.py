@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from course_lib.attention import SingleHeadAttention, scaled_dot_product_attention
-from course_lib.checks.core import Case, CheckResult, Mistake, ModuleMistake, check_function, check_module
+from course_lib.checks.core import (Case, CheckResult, Mistake, ModuleMistake, check_function, check_module,
+                                   seeded_module)
 from course_lib.shapes import check_shape
 
 
@@ -306,16 +307,7 @@ HEAD_SIZES = {"d_model": 6, "d_k": 4}  # d_v is left out: it must default to d_k
 
 
 def _reference_head() -> torch.nn.Module:
-    torch_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(404)
-        head = SingleHeadAttention(**HEAD_SIZES)
-        with torch.no_grad():  # larger weights than the default: every slip changes the output clearly
-            for p in head.parameters():
-                p.mul_(2.0)
-    finally:
-        torch.random.set_rng_state(torch_state)
-    return head
+    return seeded_module(lambda: SingleHeadAttention(**HEAD_SIZES), seed=404, weight_scale=2.0)
 
 
 def _head_cases() -> list[Case]:

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from course_lib.blocks import EncoderBlock, layer_norm
-from course_lib.checks.core import ERROR, Case, CheckResult, Mistake, ModuleMistake, check_function, check_module
+from course_lib.checks.core import (ERROR, Case, CheckResult, Mistake, ModuleMistake, check_function, check_module,
+                                   seeded_module)
 
 # --- exercise 1: layer_norm -------------------------------------------------------------------------------------
 
@@ -138,20 +139,22 @@ def check_layer_norm(fn) -> CheckResult:
 BLOCK_SIZES = {"d_model": 8, "h": 2, "d_ff": 32}
 
 
+def _block_with_distinct_norms() -> nn.Module:
+    block = EncoderBlock(**BLOCK_SIZES, dropout=0.0, norm_first=True)
+    d_model = BLOCK_SIZES["d_model"]
+    with torch.no_grad():
+        for norm in (block.norm1, block.norm2):  # two different norms, neither the identity
+            norm.weight.copy_(1 + 0.5 * torch.randn(d_model))
+            norm.bias.copy_(0.5 * torch.randn(d_model))
+        # larger sublayer outputs, so that every misplaced residual or norm shows in the values
+        block.ff.linear2.weight.mul_(3.0)
+        block.self_attn.w_o.weight.mul_(3.0)
+    return block
+
+
 def _reference_block() -> nn.Module:
     """A pre-LN EncoderBlock with non-trivial layer norms and large sublayer outputs."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(808)
-        block = EncoderBlock(**BLOCK_SIZES, dropout=0.0, norm_first=True)
-        d_model = BLOCK_SIZES["d_model"]
-        with torch.no_grad():
-            for norm in (block.norm1, block.norm2):  # two different norms, neither the identity
-                norm.weight.copy_(1 + 0.5 * torch.randn(d_model))
-                norm.bias.copy_(0.5 * torch.randn(d_model))
-            # larger sublayer outputs, so that every misplaced residual or norm shows in the values
-            block.ff.linear2.weight.mul_(3.0)
-            block.self_attn.w_o.weight.mul_(3.0)
-    return block
+    return seeded_module(_block_with_distinct_norms, seed=808)
 
 
 def _block_with(body):

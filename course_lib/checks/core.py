@@ -217,6 +217,23 @@ class ModuleMistake(Mistake):
     """A known wrong module: ``make(reference, *args, **kwargs)`` returns its outputs (a tuple)."""
 
 
+def seeded_module(make: Callable[[], torch.nn.Module], seed: int, weight_scale: float = 1.0) -> torch.nn.Module:
+    """``make()`` under ``torch.manual_seed(seed)``, leaving the caller's random state as it was.
+
+    A check's reference module is built this way, so that it has the same weights on every call.
+    ``weight_scale`` multiplies every parameter: larger weights than PyTorch's defaults make every
+    known slip change the outputs clearly.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = make()
+    if weight_scale != 1.0:
+        with torch.no_grad():
+            for p in module.parameters():
+                p.mul_(weight_scale)
+    return module
+
+
 def _as_tuple(value: Any) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
@@ -289,7 +306,7 @@ def _backward(outputs: tuple, seeds: list) -> bool:
     return True
 
 
-def _gradient_problem(module, reference, case: Case, output_names: Sequence[str]) -> str | None:
+def _gradient_problem(module, reference, case: Case) -> str | None:
     """Compare the gradients of every parameter and every float input; None when they agree."""
     args, kwargs = _leaf_inputs(case)
     ref_args, ref_kwargs = _leaf_inputs(case)
@@ -380,7 +397,7 @@ def check_module(cls: Any, *, exercise: str, init_kwargs: dict, make_reference: 
                     return CheckResult(exercise, WRONG, mistake.message + where, mistake.hint)
             return CheckResult(exercise, WRONG, f"{name}: {problem}{where}")
         try:
-            problem = _gradient_problem(module, reference, case, output_names)
+            problem = _gradient_problem(module, reference, case)
         except Exception as exc:
             return CheckResult(exercise, ERROR, f"backpropagating through your module raised "
                                f"{type(exc).__name__}: {exc}{where}")

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from course_lib.checks.core import ERROR, Case, CheckResult, ModuleMistake, check_module
+from course_lib.checks.core import ERROR, Case, CheckResult, ModuleMistake, check_module, seeded_module
 from course_lib.multihead import MultiHeadAttention
 
 _VIEW_HINT = ("after a transpose the tensor is no longer stored row by row, so .view cannot merge or split "
@@ -104,16 +104,7 @@ MHA_SIZES = {"d_model": 8, "h": 2}
 
 
 def _reference_mha() -> torch.nn.Module:
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(707)
-        mha = MultiHeadAttention(**MHA_SIZES)
-        with torch.no_grad():  # larger weights than the default: every slip changes the output clearly
-            for p in mha.parameters():
-                p.mul_(2.0)
-    finally:
-        torch.random.set_rng_state(state)
-    return mha
+    return seeded_module(lambda: MultiHeadAttention(**MHA_SIZES), seed=707, weight_scale=2.0)
 
 
 def _mha_cases() -> list[Case]:
