@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from course_lib.course import NOTEBOOKS
-from course_lib.plotting import apply_style, course_map_layout, figure_to_png, plot_course_map, plot_heads_split
+from course_lib.plotting import apply_style, course_map_layout, figure_to_png, plot_course_map
 from course_lib.widgets import Explorer, explorer, make_control
 
 
@@ -30,15 +30,6 @@ def test_course_map_has_a_box_and_arrows_for_every_notebook():
     assert {f"{nb.number:02d}" for nb in NOTEBOOKS} <= labels
     positions = list(course_map_layout().values())
     assert len(set(positions)) == len(NOTEBOOKS)  # no two boxes on top of each other
-
-
-def test_heads_split_titles_and_validation():
-    ax = plot_heads_split(2, 5, 8, 2)
-    assert "(B, h, T, d_k) = (2, 2, 5, 4)" in ax.get_title()
-    ax = plot_heads_split(1, 3, 10, 4)
-    assert "does not divide" in ax.get_title()
-    with pytest.raises(ValueError, match="h must be a positive int, got 0"):
-        plot_heads_split(1, 3, 8, 0)
 
 
 def test_figure_to_png():

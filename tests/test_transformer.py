@@ -111,7 +111,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from course_lib.transformer import (MILESTONES, cross_attention_weights, plot_cross_attention,  # noqa: E402
-                                    plot_data_flow, plot_timeline)
+                                    plot_timeline)
 
 @pytest.fixture
 def _close_figures():
@@ -150,21 +150,6 @@ def test_plot_cross_attention_draws_a_panel_per_layer_and_head(_close_figures):
     assert len(plot_cross_attention(weights[0, 0], list("abcde"), list("wxyz")).axes) == 1  # one (T, S) map
     with pytest.raises(ValueError, match="expected 5 source labels and 4 target labels"):
         plot_cross_attention(weights, list("abc"), list("wxyz"))
-
-
-def test_plot_data_flow_puts_a_shape_on_every_arrow(_close_figures):
-    ax = plot_data_flow(B=2, S=8, T=9, d_model=64, V=13)
-    texts = [t.get_text() for t in ax.texts]
-    arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
-    shapes = [t for t in texts if t.startswith("(B")]
-    assert len(shapes) >= len(arrows) - 1  # every arrow but the memory arrow, labelled in its own text
-    assert any("memory" in t and "(2, 8, 64)" in t for t in texts)
-    for expected in ("(B, S) = (2, 8)", "(B, T) = (2, 9)", "(B, S, d_model) = (2, 8, 64)",
-                     "(B, T, V) = (2, 9, 13)  logits"):
-        assert expected in texts
-    assert "B=2, S=8, T=9, d_model=64, V=13" in ax.get_title()
-    with pytest.raises(ValueError, match="d_model must be a positive int"):
-        plot_data_flow(d_model=0)
 
 
 def test_timeline_has_the_six_milestones_in_order(_close_figures):
