@@ -555,6 +555,40 @@ def decode_step_times(model, src: torch.Tensor, tokens: torch.Tensor, repeats: i
 # --- figures ---------------------------------------------------------------------------------------
 
 
+def plot_online_softmax(scores: torch.Tensor, block_size: int = 3, blocks_seen: int = 2):
+    """Online softmax over one query's scores (n,), read block by block: what is known after some blocks.
+
+    Left: the scores, the keys seen so far in colour, the block borders, and the running maximum m.
+    Right: the softmax over the keys seen so far (``exp(s - m) / l``) beside the final softmax over
+    all n keys. ``blocks_seen`` beyond the last block counts as all of them. Returns the Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    check_shape(scores, "n", name="scores", dtype="float")
+    block_size, blocks_seen = check_int(block_size, "block_size", 1), check_int(blocks_seen, "blocks_seen", 1)
+    n = scores.numel()
+    seen = min(n, block_size * blocks_seen)
+    m = scores[:seen].max()
+    running = torch.zeros(n)
+    running[:seen] = torch.softmax(scores[:seen], dim=0)  # = exp(s - m) / l over the keys seen
+    final = torch.softmax(scores, dim=0)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.bar(range(n), scores.tolist(), color=["tab:blue" if j < seen else "lightgrey" for j in range(n)])
+    ax1.axhline(float(m), color="tab:red", linestyle="--", label=f"running max m = {float(m):.1f}")
+    for start in range(0, n, block_size):
+        ax1.axvline(start - 0.5, color="black", linewidth=0.5)
+    ax1.set(xlabel="key j", ylabel="score s_j", title=f"{seen} of {n} keys seen")
+    ax1.legend(fontsize=8, loc="upper left")
+    ax2.bar([j - 0.2 for j in range(n)], running.tolist(), width=0.4, label="running weights (keys seen)")
+    ax2.bar([j + 0.2 for j in range(n)], final.tolist(), width=0.4, color="tab:orange", label="final weights")
+    ax2.set(xlabel="key j", ylabel="weight", ylim=(0, 1), title="weights so far against the final softmax")
+    ax2.legend(fontsize=8)
+    fig.suptitle(f"Online softmax: block size {block_size}, {min(blocks_seen, math.ceil(n / block_size))} "
+                 "block(s) seen")
+    fig.tight_layout()
+    return fig
+
+
 def plot_scaling(rows: Sequence[BenchmarkRow], title: str, ax=None, reference_slope: float | None = 2.0):
     """Log-log plot of time against sequence length, one line per implementation, with a T² guide line."""
     import matplotlib.pyplot as plt

@@ -167,15 +167,15 @@ def neg_sq_euclidean_score(queries: torch.Tensor, keys: torch.Tensor) -> torch.T
 
 
 def gaussian_kernel_score(queries: torch.Tensor, keys: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """Gaussian (RBF) kernel ``exp(-|q - k|² / (2 h²))`` with bandwidth ``h``, in (0, 1].
+    """Gaussian (RBF) kernel ``exp(-|q - k|² / (2 σ²))`` with bandwidth ``σ``, in (0, 1].
 
-    Its logarithm is the negative squared distance divided by ``2 h²``; softmax of that
+    Its logarithm is the negative squared distance divided by ``2 σ²``; softmax of that
     logarithm gives the Nadaraya–Watson weights (see :func:`nadaraya_watson`).
 
     Args:
         queries: (m, d) or (d,).
         keys: (n, d).
-        bandwidth: h > 0, the distance over which the kernel falls to exp(-1/2) ≈ 0.61.
+        bandwidth: σ > 0, the distance over which the kernel falls to exp(-1/2) ≈ 0.61.
 
     Returns:
         (m, n), or (n,) for a single query.
@@ -183,8 +183,8 @@ def gaussian_kernel_score(queries: torch.Tensor, keys: torch.Tensor, bandwidth: 
     Raises:
         ValueError: bandwidth is not positive and finite.
     """
-    h = _check_bandwidth(bandwidth)
-    return torch.exp(neg_sq_euclidean_score(queries, keys) / (2 * h * h))
+    sigma = _check_bandwidth(bandwidth)
+    return torch.exp(neg_sq_euclidean_score(queries, keys) / (2 * sigma * sigma))
 
 
 # --------------------------------------------------------------------------- scores with parameters
@@ -217,35 +217,35 @@ def additive_score(queries: torch.Tensor, keys: torch.Tensor, w_q: torch.Tensor,
     """Additive score ``v^T tanh(W_q q + W_k k)`` (Bahdanau, Cho and Bengio, 2015).
 
     In the course's row-vector convention this is ``tanh(q @ w_q + k @ w_k) @ v``. The tanh
-    sits between the two halves, so the (m, n, h) hidden tensor must be formed: the cost per
-    query–key pair grows with the hidden size h.
+    sits between the two halves, so the (m, n, d_hidden) hidden tensor must be formed: the cost per
+    query–key pair grows with the hidden size d_hidden.
 
     Args:
         queries: (m, d_q) or (d_q,).
         keys: (n, d_k).
-        w_q: (d_q, h), projects a query into the hidden space.
-        w_k: (d_k, h), projects a key into the hidden space.
-        v: (h,), reads one number out of the hidden vector.
+        w_q: (d_q, d_hidden), projects a query into the hidden space.
+        w_k: (d_k, d_hidden), projects a key into the hidden space.
+        v: (d_hidden,), reads one number out of the hidden vector.
 
     Returns:
         (m, n), or (n,) for a single query.
     """
-    for name, tensor, pattern in (("keys", keys, "(n, d_k)"), ("w_q", w_q, "(d_q, h)"),
-                                  ("w_k", w_k, "(d_k, h)"), ("v", v, "(h,)")):
+    for name, tensor, pattern in (("keys", keys, "(n, d_k)"), ("w_q", w_q, "(d_q, d_hidden)"),
+                                  ("w_k", w_k, "(d_k, d_hidden)"), ("v", v, "(d_hidden,)")):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name}: expected a torch tensor of shape {pattern}, got {type(tensor).__name__}")
     sizes = check_shape(keys, "n d_k", name="keys", dtype="float")
-    sizes = check_shape(w_k, "d_k h", name="w_k", dtype="float", **sizes)
-    sizes = check_shape(v, "h", name="v", dtype="float", **sizes)
-    sizes = check_shape(w_q, "d_q h", name="w_q", dtype="float", **sizes)
+    sizes = check_shape(w_k, "d_k d_hidden", name="w_k", dtype="float", **sizes)
+    sizes = check_shape(v, "d_hidden", name="v", dtype="float", **sizes)
+    sizes = check_shape(w_q, "d_q d_hidden", name="w_q", dtype="float", **sizes)
     q, single, _ = _as_matrix(queries, "queries", "d_q", d_q=sizes["d_q"])
     _same_dtype(("queries", q), ("keys", keys), ("w_q", w_q), ("w_k", w_k), ("v", v))
-    hidden = torch.tanh((q @ w_q)[:, None, :] + (keys @ w_k)[None, :, :])  # (m, n, h)
+    hidden = torch.tanh((q @ w_q)[:, None, :] + (keys @ w_k)[None, :, :])  # (m, n, d_hidden)
     return _finish(hidden @ v, single)
 
 
 class AdditiveScore(nn.Module):
-    """The additive score as a module with learnable ``w_q (d_q, h)``, ``w_k (d_k, h)``, ``v (h,)``.
+    """The additive score as a module with learnable ``w_q (d_q, d_hidden)``, ``w_k (d_k, d_hidden)``, ``v (d_hidden,)``.
 
     The parameters start uniform in ±1/sqrt(fan-in), like ``nn.Linear``, drawn from a
     ``torch.Generator`` seeded with ``seed`` so the same seed gives the same module.
@@ -273,8 +273,8 @@ class AdditiveScore(nn.Module):
         return additive_score(queries, keys, self.w_q, self.w_k, self.v)
 
     def extra_repr(self) -> str:
-        d_q, h = self.w_q.shape
-        return f"d_q={d_q}, d_k={self.w_k.shape[0]}, d_hidden={h}"
+        d_q, d_hidden = self.w_q.shape
+        return f"d_q={d_q}, d_k={self.w_k.shape[0]}, d_hidden={d_hidden}"
 
 
 # --------------------------------------------------------------------------- attention pooling
@@ -282,7 +282,7 @@ def nadaraya_watson(queries: torch.Tensor, keys: torch.Tensor, values: torch.Ten
                     bandwidth: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Nadaraya–Watson kernel regression: attention pooling with a Gaussian kernel, nothing learned.
 
-    ``weights = softmax(-|q - k|² / (2 h²))`` over the keys (the Gaussian kernel values,
+    ``weights = softmax(-|q - k|² / (2 σ²))`` over the keys (the Gaussian kernel values,
     normalised to sum to 1, computed in the log domain so that they never underflow to
     0/0), and each prediction is the weighted average of the values.
 
@@ -290,13 +290,13 @@ def nadaraya_watson(queries: torch.Tensor, keys: torch.Tensor, values: torch.Ten
         queries: (m, d) or (d,): where to predict (test inputs x).
         keys: (n, d): the training inputs x_i.
         values: (n,) or (n, d_v): the training targets y_i.
-        bandwidth: h > 0.
+        bandwidth: σ > 0.
 
     Returns:
         ``(predictions, weights)``: predictions (m,) or (m, d_v) (no m axis for a single
         query), weights (m, n) or (n,), each row summing to 1.
     """
-    h = _check_bandwidth(bandwidth)
+    sigma = _check_bandwidth(bandwidth)
     q, k, single = _prepare(queries, keys)
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"values: expected a torch tensor of shape (n,) or (n, d_v), got {type(values).__name__}")
@@ -306,7 +306,7 @@ def nadaraya_watson(queries: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     else:
         check_shape(values, "n d_v", name="values", dtype="float", n=n)
     _same_dtype(("queries", q), ("values", values))
-    scores = neg_sq_euclidean_score(q, k) / (2 * h * h)  # (m, n)
+    scores = neg_sq_euclidean_score(q, k) / (2 * sigma * sigma)  # (m, n)
     weights = torch.softmax(scores, dim=-1)  # (m, n)
     predictions = weights @ values  # (m,) or (m, d_v)
     return _finish(predictions, single), _finish(weights, single)
@@ -327,7 +327,7 @@ def flops_per_pair(name: str, d: int, d_hidden: int | None = None) -> int:
         name: "dot", "scaled dot", "cosine", "neg sq euclidean", "bilinear", "additive" or
             "gaussian".
         d: the width of queries and keys (of the keys, for bilinear).
-        d_hidden: the hidden size h; needed for (and only for) "additive".
+        d_hidden: the hidden size; needed for (and only for) "additive".
 
     Returns:
         The number of operations, an int.
@@ -340,12 +340,12 @@ def flops_per_pair(name: str, d: int, d_hidden: int | None = None) -> int:
         "cosine": 2 * d,  # a dot product of the precomputed unit vectors
         "neg sq euclidean": 3 * d,  # d subtractions, d multiply-adds of the squares
         "bilinear": 2 * d,  # (q @ W) is computed once per query, then a dot product with k
-        "gaussian": 3 * d + 2,  # the squared distance, times -1/(2 h²), exp
+        "gaussian": 3 * d + 2,  # the squared distance, times -1/(2 σ²), exp
     }
     if name == "additive":
         if isinstance(d_hidden, bool) or not isinstance(d_hidden, int) or d_hidden < 1:
             raise ValueError(f"the additive score needs d_hidden, a positive int; got {d_hidden!r}")
-        return 4 * d_hidden  # add the two projections (h), tanh (h), dot product with v (2h)
+        return 4 * d_hidden  # add the two projections (d_hidden), tanh (d_hidden), dot product with v (2 d_hidden)
     if name not in costs:
         raise KeyError(f"unknown score {name!r}; known: {', '.join([*costs, 'additive'])}")
     if d_hidden is not None:
@@ -527,7 +527,7 @@ def plot_kernel_regression(x_train: torch.Tensor, y_train: torch.Tensor, x_test:
         x_train: (n,), y_train: (n,): the training points (keys and values).
         x_test: (m,), predictions: (m,): where the fit was evaluated and its values (queries, outputs).
         weights: (m, n): attention weights, a row per test point.
-        bandwidth: the h used (for the title).
+        bandwidth: the σ used (for the title).
         truth: optional (m,), the noise-free function at x_test.
 
     Returns:
@@ -557,6 +557,6 @@ def plot_kernel_regression(x_train: torch.Tensor, y_train: torch.Tensor, x_test:
     right.set_title("attention weights (each row sums to 1)")
     right.grid(False)
     fig.colorbar(image, ax=right, fraction=0.046, pad=0.03)
-    fig.suptitle(f"Nadaraya–Watson kernel regression, bandwidth h = {bandwidth:.2f}", fontsize=13)
+    fig.suptitle(f"Nadaraya–Watson kernel regression, bandwidth σ = {bandwidth:.2f}", fontsize=13)
     fig.tight_layout()
     return fig

@@ -58,7 +58,7 @@ def check_temperature(temperature) -> float:
     temperature = float(temperature)
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r} "
-                         "(T -> 0 approaches argmax, T -> infinity approaches uniform weights)")
+                         "(τ -> 0 approaches argmax, τ -> infinity approaches uniform weights)")
     return temperature
 
 

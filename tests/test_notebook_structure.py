@@ -5,7 +5,7 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOK_DIR, get_notebook
-from course_lib.hosted import INSTALL_CELL
+from course_lib.hosted import INSTALL_CELL, is_install_cell
 from course_lib.notebooks import problems
 from course_lib.student import count_exercises
 
@@ -104,3 +104,34 @@ def test_ignored_training_figures_stand_next_to_the_claims_that_hold_everywhere(
         assert "NBVAL_IGNORE_OUTPUT" not in following.source, f"{path.name} cell {j}: the claims must be compared"
         assert re.search(r"^\s*assert(\s|_claims\()", following.source, re.M), (
             f"{path.name} cell {j}: cell {i} ignores training figures, so this cell must assert what holds")
+
+
+MAX_CODE_CELL_LINES = 25
+
+
+def test_no_code_cell_is_longer_than_25_lines(notebook):
+    path, nb = notebook
+    long = [(i, len(cell.source.splitlines())) for i, cell in enumerate(nb.cells)
+            if cell.cell_type == "code" and not is_install_cell(cell)
+            and len(cell.source.splitlines()) > MAX_CODE_CELL_LINES]
+    assert not long, (f"{path.name}: code cells (index, lines) over {MAX_CODE_CELL_LINES} lines: {long}. "
+                      "Split model from loop, or move a drawing helper into course_lib.")
+
+
+#: Where each concept diagram is drawn: the notebook that introduces its idea.
+DIAGRAM_HOMES = {
+    "plot_broadcast": "00", "plot_lookup_table": "01", "plot_attention_flow": "04", "plot_heads_flow": "07",
+    "plot_block_wiring": "08", "plot_data_flow": "09", "plot_encoder_decoder": "09", "plot_training_loop": "11",
+}
+
+
+def test_every_concept_diagram_is_drawn_where_its_idea_is_introduced():
+    from course_lib import diagrams
+
+    assert set(DIAGRAM_HOMES) | {"plot_heads_split"} == set(diagrams.__all__)
+    for name, number in DIAGRAM_HOMES.items():
+        path = next(NOTEBOOK_DIR.glob(f"{number}_*.ipynb"))
+        calls = [cell for cell in _load(path).cells if cell.cell_type == "code" and f"{name}(" in cell.source]
+        assert calls, f"{path.name} does not draw {name}"
+        assert all(any(o.get("data", {}).get("image/png") for o in cell.outputs) for cell in calls), \
+            f"{path.name}: the cell that calls {name} has no stored picture"

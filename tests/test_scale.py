@@ -317,3 +317,23 @@ def test_figures_draw_what_they_are_given():
         scale.plot_profile({"a": 0.0}, "x")
     with pytest.raises(ValueError):
         scale.plot_step_times([0.1], [], "x")
+
+
+def test_plot_online_softmax_shows_the_running_and_the_final_weights():
+    import matplotlib.pyplot as plt
+
+    scores = torch.tensor([0.5, 1.5, -0.5, 1.0, 3.0, 0.0, 2.0])
+    fig = scale.plot_online_softmax(scores, block_size=3, blocks_seen=1)
+    left, right = fig.axes
+    assert left.get_title() == "3 of 7 keys seen" and "m = 1.5" in left.get_legend().get_texts()[0].get_text()
+    running = [bar.get_height() for bar in right.patches[:7]]
+    assert torch.allclose(torch.tensor(running[:3], dtype=torch.float32), torch.softmax(scores[:3], dim=0))
+    assert running[3:] == [0.0] * 4  # keys not seen yet have no weight so far
+    final = [bar.get_height() for bar in right.patches[7:]]
+    assert torch.allclose(torch.tensor(final, dtype=torch.float32), torch.softmax(scores, dim=0))
+    assert "3 block(s) seen" in scale.plot_online_softmax(scores, 3, 10)._suptitle.get_text()  # capped at the last
+    with pytest.raises(ValueError, match="block_size"):
+        scale.plot_online_softmax(scores, block_size=0)
+    with pytest.raises(ValueError, match="scores"):
+        scale.plot_online_softmax(scores[None], 3, 1)
+    plt.close("all")

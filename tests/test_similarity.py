@@ -187,9 +187,9 @@ def test_additive_is_bounded_by_the_sum_of_abs_v():
 
 def test_additive_shape_errors():
     w_q, w_k, v = rand(4, 7), rand(4, 7), rand(7)
-    with pytest.raises(ValueError, match="v: expected h=7, got h=6"):
+    with pytest.raises(ValueError, match="v: expected d_hidden=7, got d_hidden=6"):
         additive_score(Q, K, w_q, w_k, rand(6))
-    with pytest.raises(ValueError, match="w_q: expected h=7, got h=5"):
+    with pytest.raises(ValueError, match="w_q: expected d_hidden=7, got d_hidden=5"):
         additive_score(Q, K, rand(4, 5), w_k, v)
     with pytest.raises(ValueError, match="queries: expected d_q=4, got d_q=3"):
         additive_score(rand(2, 3), K, w_q, w_k, v)
@@ -308,6 +308,6 @@ def test_query_scores_and_kernel_regression_figures():
     x = torch.linspace(0, 1, 5)
     pred, weights = nadaraya_watson(x[:, None], x[:, None], x, 0.2)
     fig = plot_kernel_regression(x, x, x, pred, weights, bandwidth=0.2, truth=x)
-    assert "h = 0.20" in fig._suptitle.get_text()
+    assert "σ = 0.20" in fig._suptitle.get_text()
     with pytest.raises(ValueError, match="weights"):
         plot_kernel_regression(x, x, x, pred, weights[:, :3], bandwidth=0.2)

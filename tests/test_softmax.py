@@ -97,7 +97,7 @@ def test_temperature_limits():
     x = torch.tensor([1.0, 3.0, 2.0])
     assert torch.allclose(softmax(x, temperature=1e-3), torch.tensor([0.0, 1.0, 0.0]))
     assert torch.allclose(softmax(x, temperature=1e4), torch.full((3,), 1 / 3), atol=1e-4)
-    # a tie at the top splits the weight equally even as T -> 0
+    # a tie at the top splits the weight equally even as τ -> 0
     assert torch.allclose(softmax(torch.tensor([2.0, 2.0, 0.0]), temperature=1e-3), torch.tensor([0.5, 0.5, 0.0]))
 
 

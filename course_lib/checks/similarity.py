@@ -100,9 +100,9 @@ def additive_against_keys(query: torch.Tensor, keys: torch.Tensor, W_q: torch.Te
     Args:
         query: (d_q,).
         keys: (n, d_k).
-        W_q: (d_q, h).
-        W_k: (d_k, h).
-        v: (h,).
+        W_q: (d_q, d_hidden).
+        W_k: (d_k, d_hidden).
+        v: (d_hidden,).
 
     Returns:
         (n,): ``tanh(query @ W_q + keys @ W_k) @ v``.
@@ -110,30 +110,31 @@ def additive_against_keys(query: torch.Tensor, keys: torch.Tensor, W_q: torch.Te
     return additive_score(query, keys, W_q, W_k, v)
 
 
-def _additive_case(gen: torch.Generator, d_q: int, d_k: int, h: int, n: int, scale: float = 1.0) -> tuple:
+def _additive_case(gen: torch.Generator, d_q: int, d_k: int, d_hidden: int, n: int, scale: float = 1.0) -> tuple:
     return (torch.randn(d_q, generator=gen) * scale, torch.randn(n, d_k, generator=gen) * scale,
-            torch.randn(d_q, h, generator=gen), torch.randn(d_k, h, generator=gen), torch.randn(h, generator=gen))
+            torch.randn(d_q, d_hidden, generator=gen), torch.randn(d_k, d_hidden, generator=gen),
+            torch.randn(d_hidden, generator=gen))
 
 
 def _additive_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(2)  # case 1: pre-activations of both signs, not saturated
     return [
         # everything square: swapped or transposed weights still give the right shape
-        Case(_additive_case(gen, 3, 3, 3, 3), "d_q = d_k = h = n = 3"),
-        Case(_additive_case(gen, 2, 4, 5, 3), "d_q=2, d_k=4, h=5 and n=3 keys"),
+        Case(_additive_case(gen, 3, 3, 3, 3), "d_q = d_k = d_hidden = n = 3"),
+        Case(_additive_case(gen, 2, 4, 5, 3), "d_q=2, d_k=4, d_hidden=5 and n=3 keys"),
         Case(_additive_case(gen, 4, 4, 6, 5, scale=3.0), "long queries and keys, where tanh saturates"),
     ]
 
 
 def _hidden(q, k, W_q, W_k):
-    return q @ W_q + k @ W_k  # (n, h)
+    return q @ W_q + k @ W_k  # (n, d_hidden)
 
 
 _ADDITIVE_MISTAKES = [
     Mistake("you forgot the tanh: without it the score is linear, v^T W_q q + v^T W_k k",
             _safe(lambda q, k, W_q, W_k, v: _hidden(q, k, W_q, W_k) @ v),
             "apply torch.tanh to q @ W_q + keys @ W_k, then multiply by v"),
-    Mistake("you applied tanh after multiplying by v: the tanh belongs inside, on the (n, h) hidden vectors",
+    Mistake("you applied tanh after multiplying by v: the tanh belongs inside, on the (n, d_hidden) hidden vectors",
             _safe(lambda q, k, W_q, W_k, v: torch.tanh(_hidden(q, k, W_q, W_k) @ v)),
             "torch.tanh(q @ W_q + keys @ W_k) @ v"),
     Mistake("you applied tanh to the two projections separately, tanh(W_q q) + tanh(W_k k): add first, then tanh",
@@ -149,9 +150,9 @@ _ADDITIVE_MISTAKES = [
             _safe(lambda q, k, W_q, W_k, v: torch.tanh(_hidden(q, k, W_q, W_k)).sum(dim=-1)),
             "multiply by v: (...) @ v"),
     Mistake("you multiplied by the transposed weights (W_q.T, W_k.T): with row vectors, "
-            "write query @ W_q, with W_q of shape (d_q, h)",
+            "write query @ W_q, with W_q of shape (d_q, d_hidden)",
             _safe(lambda q, k, W_q, W_k, v: torch.tanh(q @ W_q.T + k @ W_k.T) @ v), "query @ W_q + keys @ W_k"),
-    Mistake("you returned the (n, h) hidden vectors tanh(W_q q + W_k k) without reducing them with v",
+    Mistake("you returned the (n, d_hidden) hidden vectors tanh(W_q q + W_k k) without reducing them with v",
             _safe(lambda q, k, W_q, W_k, v: torch.tanh(_hidden(q, k, W_q, W_k))), "finish with @ v"),
     Mistake("you used a sigmoid instead of tanh",
             _safe(lambda q, k, W_q, W_k, v: torch.sigmoid(_hidden(q, k, W_q, W_k)) @ v), "torch.tanh"),
@@ -163,8 +164,8 @@ _ADDITIVE_MISTAKES = [
 
 
 def check_additive_against_keys(fn) -> CheckResult:
-    """Check a learner's ``additive_against_keys(query (d_q,), keys (n, d_k), W_q (d_q, h), W_k (d_k, h),
-    v (h,)) -> (n,)``."""
+    """Check a learner's ``additive_against_keys(query (d_q,), keys (n, d_k), W_q (d_q, d_hidden), W_k (d_k, d_hidden),
+    v (d_hidden,)) -> (n,)``."""
     return check_function(fn, exercise="additive_against_keys", reference=additive_against_keys,
                           cases=_additive_cases(), mistakes=_ADDITIVE_MISTAKES, shape_names="(n,)",
                           rtol=1e-5, atol=1e-5)

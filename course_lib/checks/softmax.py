@@ -122,29 +122,29 @@ def _temperature_cases() -> list[Case]:
         Case((2 * torch.randn(2, 4, generator=gen), 0.5), "scores (B=2, n=4) and temperature 0.5"),
         Case((torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -0.5]]), 100.0),
              "scores [[1, 2, 3], [0.5, 0, -0.5]] and temperature 100 (nearly uniform)"),
-        # scores / T reach 500: exp overflows unless the maximum is subtracted first.
+        # scores / τ reach 500: exp overflows unless the maximum is subtracted first.
         Case((torch.tensor([[5.0, 4.0, 0.0], [1.0, 2.0, 3.0]]), 0.01),
-             "scores [[5, 4, 0], [1, 2, 3]] and temperature 0.01 (scores / T up to 500)"),
+             "scores [[5, 4, 0], [1, 2, 3]] and temperature 0.01 (scores / τ up to 500)"),
     ]
 
 
 _TEMPERATURE_MISTAKES = [
-    Mistake("you multiplied the scores by the temperature instead of dividing: a high T should flatten "
+    Mistake("you multiplied the scores by the temperature instead of dividing: a high τ should flatten "
             "the weights, yours sharpens them",
-            lambda x, t: torch.softmax(x * t, dim=-1), "compute softmax(scores / T)"),
-    Mistake("your weights do not depend on the temperature: did you forget to divide the scores by T, or "
-            "divide exp(scores) by T, where it cancels out in the normalisation?",
-            lambda x, t: torch.softmax(x, dim=-1), "divide the scores by T before the softmax"),
-    Mistake("you applied the temperature after the softmax (softmax(x) / T): the rows no longer sum to 1, "
+            lambda x, t: torch.softmax(x * t, dim=-1), "compute softmax(scores / τ)"),
+    Mistake("your weights do not depend on the temperature: did you forget to divide the scores by τ, or "
+            "divide exp(scores) by τ, where it cancels out in the normalisation?",
+            lambda x, t: torch.softmax(x, dim=-1), "divide the scores by τ before the softmax"),
+    Mistake("you applied the temperature after the softmax (softmax(x) / τ): the rows no longer sum to 1, "
             "and how peaked the weights are has not changed",
-            lambda x, t: torch.softmax(x, dim=-1) / t, "divide the scores by T before the softmax"),
-    Mistake("you applied the temperature after the softmax (softmax(x) * T): the rows no longer sum to 1, "
+            lambda x, t: torch.softmax(x, dim=-1) / t, "divide the scores by τ before the softmax"),
+    Mistake("you applied the temperature after the softmax (softmax(x) * τ): the rows no longer sum to 1, "
             "and how peaked the weights are has not changed",
-            lambda x, t: torch.softmax(x, dim=-1) * t, "divide the scores by T before the softmax"),
-    Mistake("you forgot the stabilisation: with a small T, scores / T is large (500 here) and exp overflows "
+            lambda x, t: torch.softmax(x, dim=-1) * t, "divide the scores by τ before the softmax"),
+    Mistake("you forgot the stabilisation: with a small τ, scores / τ is large (500 here) and exp overflows "
             "to inf, so inf / inf = nan",
             lambda x, t: _exp_normalise(torch.exp(x / t)),
-            "subtract the row maximum of scores / T before exp"),
+            "subtract the row maximum of scores / τ before exp"),
     Mistake("you normalised over dim 0, down the columns, instead of over each row",
             lambda x, t: torch.softmax(x / t, dim=0), "normalise over dim=-1"),
     Mistake("you returned log-probabilities (log-softmax) instead of the weights",
