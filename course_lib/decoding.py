@@ -73,12 +73,12 @@ def _strip(row: Sequence[int]) -> list[int]:
     return out
 
 
-#: ``next_logits(out (B, t)) -> (B, V)``: the logits for the token after the prefixes ``out`` (BOS first).
+#: ``next_logits(out (B, t)) -> (B, n_vocab)``: the logits for the token after the prefixes ``out`` (BOS first).
 NextLogits = Callable[[torch.Tensor], torch.Tensor]
 
 
 def never_generated(logits: torch.Tensor) -> torch.Tensor:
-    """Block PAD and BOS, which a search never produces: ``logits (N, V)`` -> a copy with ``-inf`` there."""
+    """Block PAD and BOS, which a search never produces: ``logits (N, n_vocab)`` -> a copy with ``-inf`` there."""
     logits = logits.clone()
     logits[:, [PAD_ID, BOS_ID]] = -math.inf  # never generate padding or a second BOS
     return logits
@@ -88,11 +88,11 @@ def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=N
     """The token-by-token loop shared by greedy search and sampling, for any way of computing logits.
 
     Args:
-        next_logits: ``(B, t)`` prefixes (BOS first) -> ``(B, V)`` logits of the next token.
+        next_logits: ``(B, t)`` prefixes (BOS first) -> ``(B, n_vocab)`` logits of the next token.
         batch_size: B.
         max_len: the most tokens generated per sentence: one int for all, or B ints, one each
             (see :func:`output_budget`); a sentence that reaches its own limit stops there.
-        choose: ``(B, V)`` logits with PAD and BOS at ``-inf`` -> ``(B,)`` next tokens
+        choose: ``(B, n_vocab)`` logits with PAD and BOS at ``-inf`` -> ``(B,)`` next tokens
             (argmax for greedy search).
 
     Returns:
@@ -105,7 +105,7 @@ def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=N
     for step in range(max(limits, default=0)):
         if bool(done.all()):
             break
-        logits = never_generated(next_logits(out))  # (B, V)
+        logits = never_generated(next_logits(out))  # (B, n_vocab)
         next_token = choose(logits).masked_fill(done, PAD_ID)  # finished sentences get padding
         out = torch.cat([out, next_token[:, None]], dim=1)
         done |= (next_token == EOS_ID) | (limit <= step + 1)
@@ -155,7 +155,7 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
     """The bookkeeping of :func:`beam_search`, for any way of computing the next-token logits.
 
     Args:
-        next_logits: ``(tokens (B*K, t), parents)`` -> ``(B*K, V)`` logits of the next token.
+        next_logits: ``(tokens (B*K, t), parents)`` -> ``(B*K, n_vocab)`` logits of the next token.
             ``tokens`` holds every hypothesis (BOS first; sentence b owns rows b*K ... b*K+K-1);
             ``parents`` is None at the first step, then a (B*K,) long tensor: row i of ``tokens``
             extends row ``parents[i]`` of the previous call's tokens (a cached decoder reorders its
@@ -176,12 +176,12 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     done = [limit <= 0 for limit in limits]
     for step in range(1, max(limits, default=0) + 1):
-        logits = next_logits(tokens, parents).float()  # (B*K, V)
+        logits = next_logits(tokens, parents).float()  # (B*K, n_vocab)
         logp = torch.log_softmax(logits, dim=-1)
         logp[:, [PAD_ID, BOS_ID]] = -math.inf  # never generate padding or a second BOS
-        V = logp.shape[-1]
-        candidates = (scores.reshape(-1, 1) + logp).reshape(B, K * V)
-        top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)
+        n_vocab = logp.shape[-1]
+        candidates = (scores.reshape(-1, 1) + logp).reshape(B, K * n_vocab)
+        top_scores, top_index = candidates.topk(min(2 * K, K * n_vocab), dim=1)
         top_scores, top_index = top_scores.tolist(), top_index.tolist()
         rows, next_tokens, new_scores = [], [], []
         for b in range(B):
@@ -190,7 +190,7 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
                 for j, (score, index) in enumerate(zip(top_scores[b], top_index[b])):
                     if score == -math.inf or kept == K:
                         break
-                    row, token = b * K + index // V, index % V
+                    row, token = b * K + index // n_vocab, index % n_vocab
                     if token == EOS_ID:
                         if j < K:
                             hypothesis = tokens[row, 1:].tolist() + [EOS_ID]
@@ -272,15 +272,15 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     (so more than k tokens may survive top-k). ``top_p = 1`` keeps every token.
 
     Args:
-        logits: (B, V) float; entries may already be ``-inf`` (tokens that must never come), but
+        logits: (B, n_vocab) float; entries may already be ``-inf`` (tokens that must never come), but
             each row needs a finite one.
         temperature: > 0. top_k: None or an int >= 1. top_p: None or 0 < top_p <= 1.
 
     Returns:
-        (B, V): ``logits / temperature`` on the kept tokens, ``-inf`` elsewhere;
+        (B, n_vocab): ``logits / temperature`` on the kept tokens, ``-inf`` elsewhere;
         ``softmax`` of it is the distribution :func:`sample` draws from.
     """
-    check_shape(logits, "B V", name="logits", dtype="float")
+    check_shape(logits, "B n_vocab", name="logits", dtype="float")
     temperature, top_k, top_p = check_sampling(temperature, top_k, top_p)
     if logits.numel() and not bool(torch.isfinite(logits).any(dim=-1).all()):
         raise ValueError("logits: every row needs at least one finite entry, got a row of -inf/nan only")
@@ -296,7 +296,7 @@ def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
         kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th highest logit
         scaled = scaled.masked_fill(scaled < kth, -math.inf)
     if top_p is not None and top_p < 1:
-        sorted_logits, _ = scaled.sort(dim=-1, descending=True)  # (B, V)
+        sorted_logits, _ = scaled.sort(dim=-1, descending=True)  # (B, n_vocab)
         probs = torch.softmax(sorted_logits.double(), dim=-1)
         before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
         keep = before < top_p  # the nucleus: the first token always (0 < p)
@@ -311,13 +311,13 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     """Draw one token per row from ``softmax(filter_logits(logits, ...))``.
 
     Args:
-        logits: (B, V) float. temperature, top_k, top_p: see :func:`filter_logits`.
+        logits: (B, n_vocab) float. temperature, top_k, top_p: see :func:`filter_logits`.
         generator: a ``torch.Generator`` for reproducible draws (None: torch's global one).
 
     Returns:
         (B,) long: the drawn token ids (never one that :func:`filter_logits` set to ``-inf``).
     """
-    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p).float(), dim=-1)  # (B, V)
+    probs = torch.softmax(filter_logits(logits, temperature, top_k, top_p).float(), dim=-1)  # (B, n_vocab)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 

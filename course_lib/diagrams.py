@@ -442,7 +442,7 @@ def plot_encoder_decoder(num_layers: int = 2, ax=None):
         _arrow(ax, (x_bus, y), (xd - w / 2, y), colour=GREEN, lw=2.0)
         ax.text(x_bus + 0.12, y + 0.12, "keys, values", fontsize=7.5, color=GREEN, va="bottom")
     _arrow(ax, (xd, ys[-1] + dec_h / 2), (xd, top - 0.3))
-    _box(ax, xd, top, w, 0.6, "unembedding → next-token\nprobabilities (B, T, V)", RED, fontsize=8.5)
+    _box(ax, xd, top, w, 0.6, "unembedding → next-token\nprobabilities (B, T, n_vocab)", RED, fontsize=8.5)
     ax.set_xlim(-0.2, 8.7)
     ax.set_ylim(-0.6, top + 0.7)
     ax.set_title(f"{num_layers} encoder and {num_layers} decoder layers: the memory enters "
@@ -465,7 +465,7 @@ def plot_training_loop(ax=None):
               ("the loss\ncross-entropy with\nlabel smoothing", PURPLE),
               ("the gradients\nloss.backward(),\nclipped to a max norm", ORANGE),
               ("the update\noptimizer.step() with the\nlearning rate of the schedule", GREEN))
-    travels = ("source, <bos> + target", "logits (B, T, V)\nagainst target + <eos>", "one number",
+    travels = ("source, <bos> + target", "logits (B, T, n_vocab)\nagainst target + <eos>", "one number",
                "a gradient for\nevery parameter", "new weights:\nthe next batch")
     n = len(stages)
     centres = [(3.2 * math.cos(math.pi / 2 - 2 * math.pi * i / n), 2.4 * math.sin(math.pi / 2 - 2 * math.pi * i / n))
@@ -479,11 +479,12 @@ def plot_training_loop(ax=None):
         _arrow(ax, start, end, colour="#444444", rad=-0.15, lw=1.6)
         mx, my = (x0 + x1) / 2, (y0 + y1) / 2
         out = 1.0 / max(math.hypot(mx, my), 1e-9)
-        ax.text(mx * (1 + 0.85 * out), my * (1 + 0.85 * out), label, ha="center", va="center", fontsize=8,
+        ha = "center" if abs(mx) < 0.5 else ("left" if mx > 0 else "right")  # clear of the boxes
+        ax.text(mx * (1 + 0.85 * out), my * (1 + 0.85 * out), label, ha=ha, va="center", fontsize=8,
                 family="monospace", color="#222222")
     ax.text(0, 0, "one step = one batch\nan epoch = every batch once", ha="center", va="center", fontsize=10,
             fontweight="bold", color="#444444")
-    ax.set_xlim(-5.6, 5.6)
+    ax.set_xlim(-6.4, 6.4)
     ax.set_ylim(-3.6, 3.4)
     ax.set_aspect("equal")
     ax.set_title("The training loop: the same five stations for every batch", fontsize=12)
@@ -539,19 +540,19 @@ def plot_heads_split(B: int, T: int, d_model: int, h: int, ax=None):
     return ax
 
 
-def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int = 13, h: int = 4,
+def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_vocab: int = 13, h: int = 4,
                    num_encoder_layers: int = 2, num_decoder_layers: int = 2, ax=None):
     """The encoder–decoder Transformer as boxes and arrows, with the tensor shape on every arrow.
 
     Source ids (B, S) go up the encoder on the left, the shifted target ids (B, T) up the decoder on
     the right; the encoder's output (the memory, (B, S, d_model)) enters every decoder block's
-    cross-attention; the decoder ends in logits (B, T, V). Each shape is written with its names
+    cross-attention; the decoder ends in logits (B, T, n_vocab). Each shape is written with its names
     and with the numbers given here.
 
     Returns:
         The matplotlib Axes.
     """
-    for name, value in (("B", B), ("S", S), ("T", T), ("d_model", d_model), ("V", V), ("h", h),
+    for name, value in (("B", B), ("S", S), ("T", T), ("d_model", d_model), ("n_vocab", n_vocab), ("h", h),
                         ("num_encoder_layers", num_encoder_layers), ("num_decoder_layers", num_decoder_layers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -563,7 +564,7 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int
 
     ids_s, ids_t = shape(["B", "S"], [B, S]), shape(["B", "T"], [B, T])
     vec_s, vec_t = shape(["B", "S", "d_model"], [B, S, d_model]), shape(["B", "T", "d_model"], [B, T, d_model])
-    logits = shape(["B", "T", "V"], [B, T, V])
+    logits = shape(["B", "T", "n_vocab"], [B, T, n_vocab])
     w, bh = 3.9, 0.75  # box width and height
     xe, xd = 2.6, 10.0  # centres of the encoder and decoder columns
     y_ids, y_emb, y_pos, y_out = 0.4, 2.2, 4.0, 12.4
@@ -575,7 +576,7 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int
         first = "source token ids\n(digits, then <pad>)" if kind == "source" else "decoder input ids\n(<bos> + target shifted right)"
         _box(ax, x, y_ids, w, bh, first, "#777777")
         _arrow(ax, (x, y_ids + bh / 2), (x, y_emb - bh / 2), ids)
-        _box(ax, x, y_emb, w, bh, "token embedding × √d_model\n(V rows of d_model numbers)", colour)
+        _box(ax, x, y_emb, w, bh, "token embedding × √d_model\n(n_vocab rows of d_model numbers)", colour)
         _arrow(ax, (x, y_emb + bh / 2), (x, y_pos - bh / 2), vec)
         _box(ax, x, y_pos, w, bh, "+ sinusoidal positional encoding", colour)
         _arrow(ax, (x, y_pos + bh / 2), (x, y_blk_lo), vec)
@@ -617,10 +618,10 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int
     # unembedding
     y_lin, y_soft, y_top = 14.2, 16.0, 17.5
     _arrow(ax, (xd, y_out + bh / 2), (xd, y_lin - bh / 2), vec_t)
-    _box(ax, xd, y_lin, w, bh, "unembedding: linear d_model → V\n(optionally tied to the embedding)", red,
+    _box(ax, xd, y_lin, w, bh, "unembedding: linear d_model → n_vocab\n(optionally tied to the embedding)", red,
          fontsize=8.5)
     _arrow(ax, (xd, y_lin + bh / 2), (xd, y_soft - bh / 2), logits + "  logits")
-    _box(ax, xd, y_soft, w, bh, "softmax over the V tokens", red)
+    _box(ax, xd, y_soft, w, bh, "softmax over the n_vocab tokens", red)
     _arrow(ax, (xd, y_soft + bh / 2), (xd, y_top), logits + "  probabilities")
     ax.text(xd, y_top + 0.3, "next-token probabilities at every target position", ha="center", va="bottom",
             fontsize=9.5, fontweight="bold")
@@ -629,6 +630,6 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, V: int
     ax.set_xlim(-0.6, 15.2)
     ax.set_ylim(-0.3, 18.4)
     ax.axis("off")
-    ax.set_title(f"The encoder–decoder Transformer: B={B}, S={S}, T={T}, d_model={d_model}, V={V}, h={h}",
+    ax.set_title(f"The encoder–decoder Transformer: B={B}, S={S}, T={T}, d_model={d_model}, n_vocab={n_vocab}, h={h}",
                  fontsize=12)
     return ax

@@ -166,8 +166,8 @@ class IncrementalDecoder:
     Usage::
 
         decoder = IncrementalDecoder(model).start(src)   # encode; cross K/V computed once
-        logits = decoder.step(torch.full((B,), BOS_ID))  # (B, V): the first output token's logits
-        logits = decoder.step(next_tokens)               # (B, V): the one after, and so on
+        logits = decoder.step(torch.full((B,), BOS_ID))  # (B, n_vocab): the first output token's logits
+        logits = decoder.step(next_tokens)               # (B, n_vocab): the one after, and so on
         decoder.reorder(indices)                         # keep/reorder rows (beam search)
 
     ``step`` gives the logits that ``model.decode(prefix, memory, src_mask)[:, -1]`` gives for the
@@ -227,7 +227,7 @@ class IncrementalDecoder:
             tokens: (B,) ids; the first step feeds BOS.
 
         Returns:
-            (B, V) logits of the token at position t + 1.
+            (B, n_vocab) logits of the token at position t + 1.
         """
         cache = self._cache()
         check_shape(tokens, "B", name="tokens", dtype="int", B=cache.batch_size)
@@ -241,7 +241,7 @@ class IncrementalDecoder:
         for i, layer in enumerate(model.transformer.decoder_layers):
             x = self._layer_step(i, layer, x, self_mask)
         x = model.transformer.decoder_norm(x)
-        return model.out(x)[:, 0]  # (B, V)
+        return model.out(x)[:, 0]  # (B, n_vocab)
 
     def _layer_step(self, i: int, layer: DecoderBlock, x: torch.Tensor, self_mask: torch.Tensor) -> torch.Tensor:
         """One DecoderBlock for one new position: x (B, 1, d_model) -> (B, 1, d_model), without dropout."""

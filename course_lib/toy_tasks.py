@@ -213,7 +213,7 @@ def evaluate_retriever(model: KeyValueRetriever, batch: RetrievalBatch) -> dict[
 #: Token ids of the reversal task: 0 pads, 1 begins the decoder input, 2 ends a sequence; digit d is d + 3.
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 DIGIT_OFFSET = 3
-#: The reversal task's vocabulary: id -> token text (V = 13).
+#: The reversal task's vocabulary: id -> token text (n_vocab = 13).
 REVERSAL_VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>") + tuple(str(d) for d in range(10))
 
 
@@ -352,17 +352,17 @@ def build_reversal_model(seed: int = 0, d_model: int = 64, h: int = 4, num_layer
     """A :class:`~course_lib.transformer.Seq2SeqTransformer` for the reversal task, the same on every run.
 
     ``num_layers`` encoder blocks and as many decoder blocks; the vocabulary is ``REVERSAL_VOCAB``
-    (V = 13) on both sides; further keyword arguments go to ``Seq2SeqTransformer``. The weights are
+    (n_vocab = 13) on both sides; further keyword arguments go to ``Seq2SeqTransformer``. The weights are
     drawn from torch's generator seeded with ``seed``; the two embedding tables are then drawn once
     more, source first, from their own generator (std d_model^-0.5, as the model draws them), so that
     which table gets which numbers never depends on anything but ``seed``.
     """
     from course_lib.transformer import Seq2SeqTransformer
 
-    V = len(REVERSAL_VOCAB)
+    n_vocab = len(REVERSAL_VOCAB)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Seq2SeqTransformer(V, V, d_model=d_model, h=h, num_encoder_layers=num_layers,
+        model = Seq2SeqTransformer(n_vocab, n_vocab, d_model=d_model, h=h, num_encoder_layers=num_layers,
                                    num_decoder_layers=num_layers, d_ff=d_ff, dropout=dropout, pad_id=PAD_ID,
                                    **kwargs)
     generator = torch.Generator().manual_seed(seed)
@@ -377,15 +377,15 @@ def seq2seq_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int = PAD_
     """Mean cross-entropy over the target positions that are not padding.
 
     Args:
-        logits: (B, T, V). targets: (B, T) token ids; positions equal to ``pad_id`` are ignored.
+        logits: (B, T, n_vocab). targets: (B, T) token ids; positions equal to ``pad_id`` are ignored.
         label_smoothing: 0 for plain cross-entropy (see ``torch.nn.functional.cross_entropy``).
 
     Returns:
-        A 0-dimensional tensor; ``log(V)`` for a model that guesses uniformly.
+        A 0-dimensional tensor; ``log(n_vocab)`` for a model that guesses uniformly.
     """
-    sizes = check_shape(logits, "B T V", name="logits", dtype="float")
+    sizes = check_shape(logits, "B T n_vocab", name="logits", dtype="float")
     check_shape(targets, "B T", name="targets", dtype="int", B=sizes["B"], T=sizes["T"])
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, sizes["V"]), targets.reshape(-1),
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, sizes["n_vocab"]), targets.reshape(-1),
                                              ignore_index=pad_id, label_smoothing=label_smoothing)
 
 
@@ -427,7 +427,7 @@ def train_reversal(model, steps: int = 600, batch_size: int = 64, lr: float = 1e
     losses = []
     for _ in range(steps):
         batch = make_reversal_batch(batch_size, min_len, max_len, generator, exclude)
-        logits = model(batch.src, shift_right(batch.tgt, BOS_ID))  # (B, T, V)
+        logits = model(batch.src, shift_right(batch.tgt, BOS_ID))  # (B, T, n_vocab)
         loss = seq2seq_loss(logits, batch.tgt, label_smoothing=label_smoothing)
         optimizer.zero_grad()
         loss.backward()

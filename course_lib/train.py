@@ -136,14 +136,14 @@ def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: f
     """Mean label-smoothed cross-entropy over the non-padding targets, and the plain NLL (for perplexity).
 
     Args:
-        logits: (B, T, V) unnormalised scores. target: (B, T) ids; ``pad_id`` positions are ignored.
-        smoothing: the probability mass spread evenly over all V tokens (0 = plain cross-entropy).
+        logits: (B, T, n_vocab) unnormalised scores. target: (B, T) ids; ``pad_id`` positions are ignored.
+        smoothing: the probability mass spread evenly over all n_vocab tokens (0 = plain cross-entropy).
 
     Returns:
         ``(loss, nll)``: two scalars, each averaged over the real target tokens.
     """
     if logits.dim() != 3 or target.shape != logits.shape[:2]:
-        raise ValueError(f"expected logits (B, T, V) and target (B, T), got {tuple(logits.shape)} and "
+        raise ValueError(f"expected logits (B, T, n_vocab) and target (B, T), got {tuple(logits.shape)} and "
                          f"{tuple(target.shape)}")
     flat_logits, flat_target = logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1)
     loss = F.cross_entropy(flat_logits, flat_target, ignore_index=pad_id, label_smoothing=smoothing)
@@ -164,7 +164,7 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
     """One update of a translator: the step that every epoch of :class:`Trainer` repeats.
 
-    Forward pass ``model(batch.src (B, S), batch.tgt_in (B, T)) -> logits (B, T, V)`` (inside
+    Forward pass ``model(batch.src (B, S), batch.tgt_in (B, T)) -> logits (B, T, n_vocab)`` (inside
     ``autocast`` when given), label-smoothed cross-entropy against ``batch.tgt_out (B, T)`` over the
     real target tokens, then: clear the old gradients, backpropagate, clip the gradient norm to
     ``clip_norm``, step the optimiser, and step the scheduler (once per update; None skips it).
@@ -173,7 +173,7 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         ``(loss, norm)``: the loss as a float, and the gradient norm before clipping.
     """
     with autocast if autocast is not None else contextlib.nullcontext():
-        logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+        logits = model(batch.src, batch.tgt_in)  # (B, T, n_vocab)
     loss, _ = label_smoothed_loss(logits, batch.tgt_out, smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

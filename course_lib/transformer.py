@@ -6,7 +6,7 @@ Two levels:
   (``load_from_torch`` copies one's weights): ``src (B, S, d_model)``, ``tgt (B, T, d_model)``
   -> ``(B, T, d_model)``. Like PyTorch's, each stack ends with a LayerNorm.
 - :class:`Seq2SeqTransformer` works on token ids: embeddings × sqrt(d_model) + sinusoidal
-  positions, the :class:`Transformer`, and the unembedding to logits ``(B, T, V)``; source,
+  positions, the :class:`Transformer`, and the unembedding to logits ``(B, T, n_vocab)``; source,
   target and output embeddings can be shared (one matrix for a joint vocabulary).
 
 Masks are bool, True = may attend (course_lib.attention's convention), broadcastable to
@@ -176,9 +176,9 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(f"{name} is on {ids.device} but the model is on {weight.device}: "
                              f"use {name}.to({str(weight.device)!r})")
         if ids.numel():
-            low, high, V = int(ids.min()), int(ids.max()), embedding.num_embeddings
-            if low < 0 or high >= V:
-                raise ValueError(f"{name}: token ids must lie in 0..{V - 1} (the vocabulary has {V} entries), got ids "
+            low, high, n_vocab = int(ids.min()), int(ids.max()), embedding.num_embeddings
+            if low < 0 or high >= n_vocab:
+                raise ValueError(f"{name}: token ids must lie in 0..{n_vocab - 1} (the vocabulary has {n_vocab} entries), got ids "
                                  f"from {low} to {high}: were they made by another tokenizer?")
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:

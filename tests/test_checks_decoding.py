@@ -18,8 +18,8 @@ def _stub(*_):
 
 def _beam_step_by_loops(log_probs, beam_scores):
     """An independent answer: list every (score, beam, token), sort, keep the first K."""
-    K, V = log_probs.shape
-    candidates = [(float(beam_scores[b] + log_probs[b, v]), b, v) for b, v in itertools.product(range(K), range(V))]
+    K, n_vocab = log_probs.shape
+    candidates = [(float(beam_scores[b] + log_probs[b, v]), b, v) for b, v in itertools.product(range(K), range(n_vocab))]
     best = sorted(candidates, key=lambda c: -c[0])[:K]
     return (torch.tensor([c[0] for c in best]), torch.tensor([c[1] for c in best]),
             torch.tensor([c[2] for c in best]))

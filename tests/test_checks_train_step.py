@@ -17,7 +17,7 @@ def step(*, zero_grad=True, backward=True, clip="before", sched="after", ignore_
     """A learner's train_step written out; each keyword switches on one slip."""
     def train_step_(model, batch, optimizer, scheduler, smoothing, clip_norm, autocast):
         with autocast:
-            logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+            logits = model(batch.src, batch.tgt_in)  # (B, T, n_vocab)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
                                ignore_index=PAD_ID if ignore_pad else -100,
                                label_smoothing=smoothing if smooth else 0.0)

@@ -405,9 +405,9 @@ def test_sentence_budgets_validates_limits():
 # --- the shared beam loop: the parents contract the cached decoder relies on ----------------------
 
 def test_beam_search_loop_reports_the_parent_of_every_row():
-    B, K, V = 2, 3, 7
+    B, K, n_vocab = 2, 3, 7
     gen = torch.Generator().manual_seed(0)
-    table = torch.randn(50, V, generator=gen) * 3
+    table = torch.randn(50, n_vocab, generator=gen) * 3
     seen = []
 
     def next_logits(tokens, parents):
@@ -501,7 +501,7 @@ def test_filter_logits_errors():
         with pytest.raises(ValueError, match="top_p must be None .* 0 < top_p <= 1"):
             filter_logits(good, top_p=bad)
     with pytest.raises(ValueError, match="logits"):
-        filter_logits(torch.zeros(5))  # (V,) instead of (B, V)
+        filter_logits(torch.zeros(5))  # (n_vocab,) instead of (B, n_vocab)
     with pytest.raises(TypeError, match="logits"):
         filter_logits(torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one finite"):

@@ -150,16 +150,16 @@ def test_heads_split_titles_and_validation():
 
 
 def test_plot_data_flow_puts_a_shape_on_every_arrow(_close_figures):
-    ax = plot_data_flow(B=2, S=8, T=9, d_model=64, V=13)
+    ax = plot_data_flow(B=2, S=8, T=9, d_model=64, n_vocab=13)
     texts = [t.get_text() for t in ax.texts]
     arrows = [t for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
     shapes = [t for t in texts if t.startswith("(B")]
     assert len(shapes) >= len(arrows) - 1  # every arrow but the memory arrow, labelled in its own text
     assert any("memory" in t and "(2, 8, 64)" in t for t in texts)
     for expected in ("(B, S) = (2, 8)", "(B, T) = (2, 9)", "(B, S, d_model) = (2, 8, 64)",
-                     "(B, T, V) = (2, 9, 13)  logits"):
+                     "(B, T, n_vocab) = (2, 9, 13)  logits"):
         assert expected in texts
-    assert "B=2, S=8, T=9, d_model=64, V=13" in ax.get_title()
+    assert "B=2, S=8, T=9, d_model=64, n_vocab=13" in ax.get_title()
     with pytest.raises(ValueError, match="d_model must be a positive int"):
         plot_data_flow(d_model=0)
 

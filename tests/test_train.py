@@ -118,14 +118,14 @@ def _by_hand(logits, target, eps, pad_id=PAD_ID):
     """(1 - eps) * NLL + eps * mean over the vocabulary of -log p, averaged over the non-pad tokens."""
     total = nll_total = 0.0
     count = 0
-    B, T, V = logits.shape
+    B, T, n_vocab = logits.shape
     for b in range(B):
         for t in range(T):
             if target[b, t] == pad_id:
                 continue
             logp = logits[b, t].double() - torch.logsumexp(logits[b, t].double(), 0)
             nll = -float(logp[target[b, t]])
-            total += (1 - eps) * nll + eps * float(-logp.sum()) / V
+            total += (1 - eps) * nll + eps * float(-logp.sum()) / n_vocab
             nll_total += nll
             count += 1
     return total / count, nll_total / count
@@ -174,7 +174,7 @@ def test_label_smoothed_loss_in_bfloat16_returns_float32():
 
 
 def test_label_smoothed_loss_shape_errors():
-    with pytest.raises(ValueError, match=r"expected logits \(B, T, V\) and target \(B, T\)"):
+    with pytest.raises(ValueError, match=r"expected logits \(B, T, n_vocab\) and target \(B, T\)"):
         label_smoothed_loss(torch.randn(4, 7), torch.tensor([1, 2, 3, 4]))
     with pytest.raises(ValueError, match=r"\(2, 3, 5\) and \(2, 4\)"):
         label_smoothed_loss(torch.randn(2, 3, 5), torch.ones(2, 4, dtype=torch.long))
@@ -242,13 +242,13 @@ def test_main_rejects_bad_overrides_before_loading_anything():
 def test_build_model_parameter_count_with_a_shared_embedding():
     recipe = RECIPES["full"]
     model = build_model(recipe)
-    d, ff, V = recipe.d_model, recipe.d_ff, recipe.vocab_size
+    d, ff, n_vocab = recipe.d_model, recipe.d_ff, recipe.vocab_size
     attention = 4 * (d * d + d)  # W_Q, W_K, W_V, W_O with biases
     feed_forward = d * ff + ff + ff * d + d
     norm = 2 * d
     encoder = recipe.encoder_layers * (attention + feed_forward + 2 * norm) + norm
     decoder = recipe.decoder_layers * (2 * attention + feed_forward + 3 * norm) + norm
-    assert count_parameters(model) == V * d + encoder + decoder == 7_578_624  # one V x d matrix, not three
+    assert count_parameters(model) == n_vocab * d + encoder + decoder == 7_578_624  # one n_vocab x d matrix, not three
     assert model.src_embed.weight is model.tgt_embed.weight is model.out.weight
     small = build_model(recipe.__class__("tiny", d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32),
                         vocab_size=50)

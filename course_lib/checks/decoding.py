@@ -18,17 +18,17 @@ def beam_step(log_probs: torch.Tensor, beam_scores: torch.Tensor):
     """Reference: the K best one-token extensions of K live hypotheses, best first.
 
     Args:
-        log_probs: (K, V) next-token log-probabilities of each live hypothesis (beam).
+        log_probs: (K, n_vocab) next-token log-probabilities of each live hypothesis (beam).
         beam_scores: (K,) total log-probability of each beam so far (``-inf`` for an empty slot).
 
     Returns:
         ``(scores, beams, tokens)``, three (K,) tensors: the new total log-probabilities, which beam
         each extension grows, and the token it appends; sorted from the best score down.
     """
-    K, V = log_probs.shape
-    total = beam_scores[:, None] + log_probs  # (K, V): every one-token extension
-    scores, index = total.reshape(-1).topk(K)  # over all K * V candidates at once
-    return scores, index // V, index % V
+    K, n_vocab = log_probs.shape
+    total = beam_scores[:, None] + log_probs  # (K, n_vocab): every one-token extension
+    scores, index = total.reshape(-1).topk(K)  # over all K * n_vocab candidates at once
+    return scores, index // n_vocab, index % n_vocab
 
 
 def _table(result, K: int) -> torch.Tensor:
@@ -54,9 +54,9 @@ def _flat_top(total: torch.Tensor, K: int, largest: bool = True):
 
 
 def _no_beam_score(lp, bs):
-    K, V = lp.shape
+    K, n_vocab = lp.shape
     scores, index = _flat_top(lp, K)
-    return _table((scores, index // V, index % V), K)
+    return _table((scores, index // n_vocab, index % n_vocab), K)
 
 
 def _best_token_per_beam(lp, bs):
@@ -79,82 +79,82 @@ def _decoded_with_k(lp, bs):
 
 
 def _transposed(lp, bs):
-    K, V = lp.shape
-    scores, index = _flat_top((bs[:, None] + lp).T, K)  # (V, K) flattened ...
-    return _table((scores, index // V, index % V), K)  # ... but read as if it were (K, V)
+    K, n_vocab = lp.shape
+    scores, index = _flat_top((bs[:, None] + lp).T, K)  # (n_vocab, K) flattened ...
+    return _table((scores, index // n_vocab, index % n_vocab), K)  # ... but read as if it were (K, n_vocab)
 
 
 def _multiplied(lp, bs):
-    K, V = lp.shape
+    K, n_vocab = lp.shape
     scores, index = _flat_top(bs[:, None] * lp, K)
-    return _table((scores, index // V, index % V), K)
+    return _table((scores, index // n_vocab, index % n_vocab), K)
 
 
 def _lowest(lp, bs):
-    K, V = lp.shape
+    K, n_vocab = lp.shape
     scores, index = _flat_top(bs[:, None] + lp, K, largest=False)
-    return _table((scores, index // V, index % V), K)
+    return _table((scores, index // n_vocab, index % n_vocab), K)
 
 
 def _token_score_only(lp, bs):
-    K, V = lp.shape
+    K, n_vocab = lp.shape
     _, index = _flat_top(bs[:, None] + lp, K)
-    beams, tokens = index // V, index % V
+    beams, tokens = index // n_vocab, index % n_vocab
     return _table((lp[beams, tokens], beams, tokens), K)
 
 
 def _swapped(lp, bs):
-    K, V = lp.shape
+    K, n_vocab = lp.shape
     scores, index = _flat_top(bs[:, None] + lp, K)
-    return _table((scores, index % V, index // V), K)
+    return _table((scores, index % n_vocab, index // n_vocab), K)
 
 
 _BEAM_MISTAKES = [
     Mistake("you ranked the extensions by the new token's log-probability alone: add each beam's score "
             "first, since a hypothesis's log-probability is the sum over all its tokens",
-            _no_beam_score, "total = beam_scores[:, None] + log_probs  # (K, V)"),
+            _no_beam_score, "total = beam_scores[:, None] + log_probs  # (K, n_vocab)"),
     Mistake("your scores are the new token's log-probability only; the score you return must be the whole "
             "hypothesis's (beam score + token log-probability)",
             _token_score_only, "return the values of the top-K of beam_scores[:, None] + log_probs"),
     Mistake("you multiplied the beam's score by the log-probability: in log space probabilities multiply by "
             "ADDING their logs", _multiplied, "total = beam_scores[:, None] + log_probs"),
     Mistake("you kept only the single best token of each beam; the K best extensions may come several from one "
-            "beam and none from another: take the top K over all K * V candidates at once",
-            _best_token_per_beam, "flatten the (K, V) totals to (K * V,) and call .topk(K) once"),
-    Mistake("all your candidates come from the first beam: take the top K over all K * V candidates, not "
-            "within one beam", _first_beam_only, "flatten the (K, V) totals to (K * V,) and call .topk(K)"),
-    Mistake("you decoded the flat index with K: in a (K, V) table flattened row by row, "
-            "beam = index // V and token = index % V", _decoded_with_k,
-            "each row (beam) holds V candidates"),
-    Mistake("you flattened the (V, K) transpose but read the index as if it came from the (K, V) table",
-            _transposed, "flatten total (K, V) itself with total.reshape(-1), then beam = index // V"),
+            "beam and none from another: take the top K over all K * n_vocab candidates at once",
+            _best_token_per_beam, "flatten the (K, n_vocab) totals to (K * n_vocab,) and call .topk(K) once"),
+    Mistake("all your candidates come from the first beam: take the top K over all K * n_vocab candidates, not "
+            "within one beam", _first_beam_only, "flatten the (K, n_vocab) totals to (K * n_vocab,) and call .topk(K)"),
+    Mistake("you decoded the flat index with K: in a (K, n_vocab) table flattened row by row, "
+            "beam = index // n_vocab and token = index % n_vocab", _decoded_with_k,
+            "each row (beam) holds n_vocab candidates"),
+    Mistake("you flattened the (n_vocab, K) transpose but read the index as if it came from the (K, n_vocab) table",
+            _transposed, "flatten total (K, n_vocab) itself with total.reshape(-1), then beam = index // n_vocab"),
     Mistake("you kept the K lowest scores: log-probabilities are higher (closer to 0) for likelier hypotheses",
             _lowest, "topk keeps the largest values by default"),
     Mistake("you returned beams and tokens in swapped places: the order is (scores, beams, tokens)",
-            _swapped, "beam = index // V, token = index % V"),
+            _swapped, "beam = index // n_vocab, token = index % n_vocab"),
 ]
 
 
-def _log_probs(K: int, V: int, gen: torch.Generator, scale: float = 2.0) -> torch.Tensor:
-    return torch.log_softmax(scale * torch.randn(K, V, generator=gen), dim=-1)
+def _log_probs(K: int, n_vocab: int, gen: torch.Generator, scale: float = 2.0) -> torch.Tensor:
+    return torch.log_softmax(scale * torch.randn(K, n_vocab, generator=gen), dim=-1)
 
 
 def _beam_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(1201)
     return [
         Case((_log_probs(3, 7, gen), torch.tensor([-1.1, -1.6, -3.4])),
-             "K = 3 beams, V = 7 tokens, beam scores (-1.1, -1.6, -3.4)"),
+             "K = 3 beams, n_vocab = 7 tokens, beam scores (-1.1, -1.6, -3.4)"),
         Case((_log_probs(4, 4, gen), torch.tensor([-0.7, -0.9, -2.0, -2.2])),
-             "K = 4 beams, V = 4 tokens (a square table)"),
+             "K = 4 beams, n_vocab = 4 tokens (a square table)"),
         Case((_log_probs(3, 6, gen, scale=1.0), torch.tensor([0.0, -math.inf, -math.inf])),
-             "the first step: one live beam (score 0) and two empty slots (score -inf), V = 6"),
+             "the first step: one live beam (score 0) and two empty slots (score -inf), n_vocab = 6"),
         Case((_log_probs(2, 9, gen, scale=3.0), torch.tensor([-5.0, -5.5])),
-             "K = 2 beams, V = 9 tokens, beam scores (-5.0, -5.5)"),
+             "K = 2 beams, n_vocab = 9 tokens, beam scores (-5.0, -5.5)"),
     ]
 
 
 def check_beam_step(fn) -> CheckResult:
-    """Check a learner's ``beam_step(log_probs (K, V), beam_scores (K,)) -> (scores, beams, tokens)``.
+    """Check a learner's ``beam_step(log_probs (K, n_vocab), beam_scores (K,)) -> (scores, beams, tokens)``.
 
     The three (K,) results are compared as one (3, K) table: row 0 the scores, row 1 the beams,
     row 2 the tokens.
@@ -199,10 +199,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Reference: keep the smallest set of most likely tokens whose probabilities add up to at least p.
 
     Args:
-        logits: (B, V). p: 0 < p < 1.
+        logits: (B, n_vocab). p: 0 < p < 1.
 
     Returns:
-        (B, V): the same logits on the kept tokens, ``-inf`` on the others
+        (B, n_vocab): the same logits on the kept tokens, ``-inf`` on the others
         (``course_lib.decoding.filter_logits(logits, top_p=p)``).
     """
     return filter_logits(logits, top_p=p)
@@ -304,8 +304,8 @@ def _top_p_cases() -> list[Case]:
     peaked = torch.tensor([[6.0, 2.0, 1.0, 0.5, 0.0, -1.0],
                            [0.3, 0.2, 0.1, 0.0, -0.1, -0.2]])  # one very sure row, one nearly flat row
     return [
-        Case((2.0 * torch.randn(3, 8, generator=gen), 0.9), "logits (B=3, V=8), p = 0.9"),
-        Case((1.5 * torch.randn(5, 5, generator=gen), 0.6), "logits (B=5, V=5), p = 0.6 (a square input)"),
+        Case((2.0 * torch.randn(3, 8, generator=gen), 0.9), "logits (B=3, n_vocab=8), p = 0.9"),
+        Case((1.5 * torch.randn(5, 5, generator=gen), 0.6), "logits (B=5, n_vocab=5), p = 0.6 (a square input)"),
         Case((peaked, 0.5), "a peaked row (top token 0.97) and a nearly flat row, p = 0.5"),
     ]
 
@@ -334,12 +334,12 @@ def _kept_difference(fn, cases) -> str | None:
 
 
 def check_top_p_filter(fn) -> CheckResult:
-    """Check a learner's ``top_p_filter(logits (B, V), p) -> (B, V)`` against ``filter_logits(logits, top_p=p)``."""
+    """Check a learner's ``top_p_filter(logits (B, n_vocab), p) -> (B, n_vocab)`` against ``filter_logits(logits, top_p=p)``."""
     cases = _top_p_cases()
     with warnings.catch_warnings(), np.errstate(all="ignore"):  # -inf - -inf in the difference report
         warnings.simplefilter("ignore", RuntimeWarning)
         result = check_function(fn, exercise="top_p_filter", reference=top_p_filter, cases=cases,
-                                mistakes=_TOP_P_MISTAKES, shape_names="(B, V)", rtol=1e-5, atol=1e-6)
+                                mistakes=_TOP_P_MISTAKES, shape_names="(B, n_vocab)", rtol=1e-5, atol=1e-6)
         if result.status == "wrong" and not any(result.message.startswith(m.message) for m in _TOP_P_MISTAKES):
             better = _kept_difference(fn, cases)
             if better:

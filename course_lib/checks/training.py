@@ -19,7 +19,7 @@ def smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
     """Reference: mean over non-PAD targets of (1 - eps) * NLL + eps * mean over the vocabulary of -log p.
 
     Args:
-        logits: (B, T, V). target: (B, T) ids, PAD = 0 ignored. smoothing: eps in [0, 1).
+        logits: (B, T, n_vocab). target: (B, T) ids, PAD = 0 ignored. smoothing: eps in [0, 1).
 
     Returns:
         A scalar tensor.
@@ -28,11 +28,11 @@ def smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
 
 
 def _per_token(logits, target, smoothing, other_classes=False, swap=False, dim=-1):
-    logp = torch.log_softmax(logits.float(), dim=dim)  # (B, T, V)
+    logp = torch.log_softmax(logits.float(), dim=dim)  # (B, T, n_vocab)
     nll = -logp.gather(-1, target[..., None])[..., 0]  # (B, T)
-    V = logits.shape[-1]
-    if other_classes:  # eps spread over the V - 1 wrong tokens only
-        uniform = (-logp.sum(-1) - nll) / (V - 1)
+    n_vocab = logits.shape[-1]
+    if other_classes:  # eps spread over the n_vocab - 1 wrong tokens only
+        uniform = (-logp.sum(-1) - nll) / (n_vocab - 1)
     else:
         uniform = -logp.mean(-1)
     if swap:
@@ -49,10 +49,10 @@ def _loss_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(1101)
     logits = 2 * torch.randn(2, 4, 6, generator=gen)
     target = torch.tensor([[5, 3, 2, 0], [4, 1, 0, 0]])  # three padding positions
-    square = 2 * torch.randn(3, 5, 5, generator=gen)  # T == V: a wrong axis keeps the shapes
+    square = 2 * torch.randn(3, 5, 5, generator=gen)  # T == n_vocab: a wrong axis keeps the shapes
     square_target = torch.tensor([[1, 2, 3, 4, 0], [4, 4, 1, 0, 0], [2, 3, 1, 1, 2]])
-    return [Case((logits, target, 0.1), "logits (B=2, T=4, V=6), 3 padding targets, smoothing 0.1"),
-            Case((square, square_target, 0.2), "logits (B=3, T=5, V=5), 3 padding targets, smoothing 0.2"),
+    return [Case((logits, target, 0.1), "logits (B=2, T=4, n_vocab=6), 3 padding targets, smoothing 0.1"),
+            Case((square, square_target, 0.2), "logits (B=3, T=5, n_vocab=5), 3 padding targets, smoothing 0.2"),
             Case((logits, target, 0.0), "smoothing 0.0 (plain cross-entropy)")]
 
 
@@ -63,10 +63,10 @@ _LOSS_MISTAKES = [
     Mistake("you summed the loss over the tokens instead of averaging it",
             lambda lg, t, e: _per_token(lg, t, e)[t != PAD].sum(),
             "divide by the number of real (non-padding) target tokens"),
-    Mistake("you spread eps over the V - 1 wrong tokens only; PyTorch (and this course) spread it over all V "
+    Mistake("you spread eps over the n_vocab - 1 wrong tokens only; PyTorch (and this course) spread it over all n_vocab "
             "tokens, the right one included",
             lambda lg, t, e: _mean_real(_per_token(lg, t, e, other_classes=True), t),
-            "the smoothing term is eps * mean over all V of -log p"),
+            "the smoothing term is eps * mean over all n_vocab of -log p"),
     Mistake("you swapped the weights: eps goes on the uniform part and 1 - eps on the true token",
             lambda lg, t, e: _mean_real(_per_token(lg, t, e, swap=True), t),
             "(1 - eps) * NLL + eps * uniform term"),
@@ -75,7 +75,7 @@ _LOSS_MISTAKES = [
             "add eps * (mean over the vocabulary of -log p) and weigh the NLL by 1 - eps"),
     Mistake("your log-softmax normalised over the positions (dim 1) instead of the vocabulary (dim -1)",
             lambda lg, t, e: _mean_real(_per_token(lg, t, e, dim=1), t),
-            "torch.log_softmax(logits, dim=-1): each position's scores over the V tokens"),
+            "torch.log_softmax(logits, dim=-1): each position's scores over the n_vocab tokens"),
     Mistake("you used probabilities where log-probabilities belong (p instead of log p)",
             lambda lg, t, e: _mean_real(
                 (1 - e) * -torch.softmax(lg, -1).gather(-1, t[..., None])[..., 0] + e * -torch.softmax(lg, -1).mean(-1), t),
@@ -84,7 +84,7 @@ _LOSS_MISTAKES = [
 
 
 def check_smoothed_loss(fn) -> CheckResult:
-    """Check a learner's ``smoothed_loss(logits (B, T, V), target (B, T), smoothing) -> scalar``."""
+    """Check a learner's ``smoothed_loss(logits (B, T, n_vocab), target (B, T), smoothing) -> scalar``."""
     return check_function(fn, exercise="smoothed_loss", reference=smoothed_loss, cases=_loss_cases(),
                           mistakes=_LOSS_MISTAKES, shape_names="()", rtol=1e-4, atol=1e-5)
 
@@ -201,7 +201,7 @@ def _trajectory(step_fn) -> list[tuple]:
 
 
 def _loss_of(model, batch, smoothing, pad_ignored=True, smoothed=True):
-    logits = model(batch.src, batch.tgt_in)  # (B, T, V)
+    logits = model(batch.src, batch.tgt_in)  # (B, T, n_vocab)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.tgt_out.reshape(-1),
                            ignore_index=PAD if pad_ignored else -100, label_smoothing=smoothing if smoothed else 0.0)
 
