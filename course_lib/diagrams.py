@@ -246,29 +246,31 @@ def plot_attention_flow(T: int = 3, d_model: int = 4, d_k: int = 4, d_v: int | N
     ax = _axes(ax, figsize=(14, 4.8))
     w, h = 2.3, 0.95
     _box(ax, 0.9, 2.0, 1.7, 1.2, f"X\n(T, d_model)\n= ({T}, {d_model})", GREY, fontsize=8.5)
+    x_qkv = 4.4  # leaves room for the projection's label on each arrow
     rows = (("Q", "W_Q", 3.6, d_k, "d_k", BLUE), ("K", "W_K", 2.0, d_k, "d_k", ORANGE),
             ("V", "W_V", 0.2, d_v, "d_v", GREEN))
     for name, weight, y, size, size_name, colour in rows:
-        _arrow(ax, (1.75, 2.0), (3.75 - w * 0.95 / 2, y))
-        ax.text(2.0, y + (0.25 if y >= 2.0 else -0.25), f"@ {weight}: ({d_model}, {size})", ha="left",
+        _arrow(ax, (1.75, 2.0), (x_qkv - w * 0.95 / 2, y))
+        ax.text(1.95, y + (0.25 if y >= 2.0 else -0.25), f"@ {weight}: ({d_model}, {size})", ha="left",
                 va="bottom" if y >= 2.0 else "top", fontsize=8, family="monospace", color="#222222")
-        _box(ax, 3.75, y, w * 0.95, h, f"{name} = X {weight}\n{_shape(['T', size_name], [T, size])}", colour,
+        _box(ax, x_qkv, y, w * 0.95, h, f"{name} = X {weight}\n{_shape(['T', size_name], [T, size])}", colour,
              fontsize=8.5)
-    _box(ax, 7.2, 2.8, 2.6, 1.2, f"scores = Q Kᵀ / √d_k\n{_shape(['T', 'T'], [T, T])}\nrow i: query i · every key",
+    right = x_qkv + w * 0.95 / 2  # the right edge of the Q, K and V boxes
+    _box(ax, 7.8, 2.8, 2.6, 1.2, f"scores = Q Kᵀ / √d_k\n{_shape(['T', 'T'], [T, T])}\nrow i: query i · every key",
          PURPLE, fontsize=8.5)
-    _arrow(ax, (4.9, 3.6), (5.9, 3.05))
-    _arrow(ax, (4.9, 2.0), (5.9, 2.55))
-    _arrow(ax, (8.5, 2.8), (9.4, 2.8), "softmax", side="above")
-    _box(ax, 10.6, 2.8, 2.4, 1.2, f"weights\n{_shape(['T', 'T'], [T, T])}\neach row sums to 1", PURPLE,
+    _arrow(ax, (right, 3.6), (6.5, 3.05))
+    _arrow(ax, (right, 2.0), (6.5, 2.55))
+    _arrow(ax, (9.1, 2.8), (10.0, 2.8), "softmax", side="above")
+    _box(ax, 11.2, 2.8, 2.4, 1.2, f"weights\n{_shape(['T', 'T'], [T, T])}\neach row sums to 1", PURPLE,
          fontsize=8.5)
-    _box(ax, 12.6, 1.1, 2.4, 1.2, f"output = weights V\n{_shape(['T', 'd_v'], [T, d_v])}\nrow i: a blend of V's rows",
+    _box(ax, 13.2, 1.1, 2.4, 1.2, f"output = weights V\n{_shape(['T', 'd_v'], [T, d_v])}\nrow i: a blend of V's rows",
          RED, fontsize=8.5)
-    _arrow(ax, (11.3, 2.2), (12.2, 1.75))
-    ax.plot([4.9, 9.0], [0.2, 0.2], color="#444444", lw=1.3)
-    _arrow(ax, (9.0, 0.2), (11.35, 0.85))
-    ax.text(7.0, 0.3, "V: what each key hands over", ha="center", va="bottom", fontsize=8.5, color="#444444")
-    ax.text(7.2, 4.1, "how well each query matches each key", ha="center", fontsize=8.5, color="#444444")
-    ax.set_xlim(-0.1, 14.0)
+    _arrow(ax, (11.9, 2.2), (12.8, 1.75))
+    ax.plot([right, 9.6], [0.2, 0.2], color="#444444", lw=1.3)
+    _arrow(ax, (9.6, 0.2), (11.95, 0.85))
+    ax.text(7.6, 0.3, "V: what each key hands over", ha="center", va="bottom", fontsize=8.5, color="#444444")
+    ax.text(7.8, 4.1, "how well each query matches each key", ha="center", fontsize=8.5, color="#444444")
+    ax.set_xlim(-0.1, 14.6)
     ax.set_ylim(-0.6, 4.6)
     ax.set_title(f"Attention, one head: T={T} tokens, d_model={d_model}, d_k={d_k}, d_v={d_v}", fontsize=12)
     return ax
