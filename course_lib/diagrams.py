@@ -27,8 +27,9 @@ import math
 from typing import Mapping, Sequence
 
 from course_lib.plotting import PALETTE
+from course_lib.shapes import check_int
 
-BLUE, ORANGE, GREEN, RED, PURPLE, SKY, YELLOW, BLACK = PALETTE
+BLUE, ORANGE, GREEN, RED, PURPLE = PALETTE[:5]
 GREY = "#777777"
 
 __all__ = ["plot_broadcast", "plot_lookup_table", "plot_attention_flow", "plot_heads_split", "plot_heads_flow",
@@ -39,10 +40,9 @@ __all__ = ["plot_broadcast", "plot_lookup_table", "plot_attention_flow", "plot_h
 
 
 def _check_sizes(**sizes) -> None:
-    """Raise a ValueError naming the first size that is not a positive int."""
+    """Raise an error naming the first size that is not a positive int (``shapes.check_int``'s)."""
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int(value, name, minimum=1)
 
 
 def _axes(ax, figsize):
@@ -55,7 +55,7 @@ def _axes(ax, figsize):
     return ax
 
 
-def _box(ax, x, y, w, h, text, colour, fontsize=9.5, weight="normal", fill_alpha=0.18, linestyle="-"):
+def _box(ax, x, y, w, h, text, colour, fontsize=9.5, weight="normal", fill_alpha=0.18):
     """A rounded box centred at (x, y), filled lightly and outlined in colour, with centred text."""
     from matplotlib.patches import FancyBboxPatch
 
@@ -63,7 +63,7 @@ def _box(ax, x, y, w, h, text, colour, fontsize=9.5, weight="normal", fill_alpha
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=style, facecolor=colour,
                                 alpha=fill_alpha, edgecolor="none"))
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle=style, facecolor="none",
-                                edgecolor=colour, linewidth=1.4, linestyle=linestyle))
+                                edgecolor=colour, linewidth=1.4))
     if text:
         ax.text(x, y, text, ha="center", va="center", fontsize=fontsize, fontweight=weight)
 
@@ -198,13 +198,13 @@ def plot_lookup_table(table: Mapping[str, str], query: str, weights: Sequence[fl
         _box(ax, 0.7, mid, 1.3, 0.6, f'query\n"{query}"', BLUE, fontsize=9)
         hit = keys.index(query) if query in keys else None
         for i, (key, value, y) in enumerate(zip(keys, values, ys)):
-            lit = (i == hit) if not soft else True
+            lit = soft or i == hit
             colour = GREEN if lit else GREY
-            strength = 1.0 if not soft else (weights[i] if weights is not None else 1.0 / n)
             _box(ax, 3.0, y, 1.6, 0.38, key, colour, fontsize=8.5, fill_alpha=0.25 if lit else 0.05)
             _box(ax, 5.0, y, 1.6, 0.38, value, colour, fontsize=8.5, fill_alpha=0.25 if lit else 0.05)
             if soft:
                 w = f"w{i + 1}" if weights is None else f"{weights[i]:.2f}"
+                strength = weights[i] if weights is not None else 1.0 / n
                 ax.plot([1.35, 2.2], [mid, y], color=GREEN, lw=0.5 + 5 * strength, alpha=0.7)
                 ax.plot([5.8, 7.2], [y, mid], color=GREEN, lw=0.5 + 5 * strength, alpha=0.7)
                 ax.text(6.2, y + 0.12 * (1 if y >= mid else -1), w, ha="center", va="center", fontsize=8,
@@ -507,9 +507,7 @@ def plot_heads_split(B: int, T: int, d_model: int, h: int, ax=None):
     import numpy as np
     from matplotlib.colors import ListedColormap
 
-    for name, value in (("B", B), ("T", T), ("d_model", d_model), ("h", h)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_sizes(B=B, T=T, d_model=d_model, h=h)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 3.6))
     divisible = d_model % h == 0
@@ -554,12 +552,9 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_voca
     Returns:
         The matplotlib Axes.
     """
-    for name, value in (("B", B), ("S", S), ("T", T), ("d_model", d_model), ("n_vocab", n_vocab), ("h", h),
-                        ("num_encoder_layers", num_encoder_layers), ("num_decoder_layers", num_decoder_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_sizes(B=B, S=S, T=T, d_model=d_model, n_vocab=n_vocab, h=h, num_encoder_layers=num_encoder_layers,
+                 num_decoder_layers=num_decoder_layers)
     ax = _axes(ax, figsize=(12, 11))
-    blue, orange, green, red = BLUE, ORANGE, GREEN, RED
 
     def shape(names, values):
         return f"({', '.join(names)}) = ({', '.join(str(v) for v in values)})"
@@ -574,7 +569,7 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_voca
     enc_sub = (7.0, 9.0)
     dec_sub = (6.5, 8.2, 9.9)
     y_blk_lo, y_blk_hi = 5.55, 10.85
-    for x, ids, vec, kind, colour in ((xe, ids_s, vec_s, "source", blue), (xd, ids_t, vec_t, "target", orange)):
+    for x, ids, vec, kind, colour in ((xe, ids_s, vec_s, "source", BLUE), (xd, ids_t, vec_t, "target", ORANGE)):
         first = "source token ids\n(digits, then <pad>)" if kind == "source" else "decoder input ids\n(<bos> + target shifted right)"
         _box(ax, x, y_ids, w, bh, first, "#777777")
         _arrow(ax, (x, y_ids + bh / 2), (x, y_emb - bh / 2), ids)
@@ -585,7 +580,7 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_voca
     # encoder block
     from matplotlib.patches import FancyBboxPatch
 
-    for x, colour, n, label_side in ((xe, blue, num_encoder_layers, -1), (xd, orange, num_decoder_layers, 1)):
+    for x, colour, n, label_side in ((xe, BLUE, num_encoder_layers, -1), (xd, ORANGE, num_decoder_layers, 1)):
         ax.add_patch(FancyBboxPatch((x - w / 2 - 0.25, y_blk_lo), w + 0.5, y_blk_hi - y_blk_lo,
                                     boxstyle="round,pad=0.02,rounding_size=0.2", facecolor="none",
                                     edgecolor=colour, linewidth=1.8, linestyle="--"))
@@ -593,42 +588,42 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_voca
         ax.text(x + label_side * (w / 2 + 0.45), (y_blk_lo + y_blk_hi) / 2, f"{kind}\nblock\n× {n}",
                 ha="right" if label_side < 0 else "left", va="center", fontsize=10, fontweight="bold", color=colour)
     sub_h = 0.95
-    _box(ax, xe, enc_sub[0], w, sub_h, f"self-attention, {h} heads\n(mask: source padding)\n+ residual, LayerNorm", blue,
+    _box(ax, xe, enc_sub[0], w, sub_h, f"self-attention, {h} heads\n(mask: source padding)\n+ residual, LayerNorm", BLUE,
          fontsize=8.5)
-    _box(ax, xe, enc_sub[1], w, sub_h, "feed-forward\n+ residual, LayerNorm", blue, fontsize=8.5)
+    _box(ax, xe, enc_sub[1], w, sub_h, "feed-forward\n+ residual, LayerNorm", BLUE, fontsize=8.5)
     inner_s, inner_t = "(B, S, d_model)", "(B, T, d_model)"  # names only: no room inside the blocks
     _arrow(ax, (xe, enc_sub[0] + sub_h / 2), (xe, enc_sub[1] - sub_h / 2), inner_s)
     _box(ax, xd, dec_sub[0], w, 0.85, "masked self-attention\n(mask: causal + target padding)\n+ residual, LayerNorm",
-         orange, fontsize=8.5)
+         ORANGE, fontsize=8.5)
     _box(ax, xd, dec_sub[1], w, 0.85, "cross-attention: queries from here,\nkeys/values = memory\n+ residual, LayerNorm",
-         green, fontsize=8.5)
-    _box(ax, xd, dec_sub[2], w, 0.85, "feed-forward\n+ residual, LayerNorm", orange, fontsize=8.5)
+         GREEN, fontsize=8.5)
+    _box(ax, xd, dec_sub[2], w, 0.85, "feed-forward\n+ residual, LayerNorm", ORANGE, fontsize=8.5)
     _arrow(ax, (xd, dec_sub[0] + 0.425), (xd, dec_sub[1] - 0.425), inner_t)
     _arrow(ax, (xd, dec_sub[1] + 0.425), (xd, dec_sub[2] - 0.425), inner_t)
     # stack outputs and final norms
     _arrow(ax, (xe, y_blk_hi), (xe, y_out - bh / 2), vec_s)
-    _box(ax, xe, y_out, w, bh, "final LayerNorm\n→ memory", blue)
+    _box(ax, xe, y_out, w, bh, "final LayerNorm\n→ memory", BLUE)
     _arrow(ax, (xd, y_blk_hi), (xd, y_out - bh / 2), vec_t)
-    _box(ax, xd, y_out, w, bh, "final LayerNorm", orange)
+    _box(ax, xd, y_out, w, bh, "final LayerNorm", ORANGE)
     # memory into cross-attention: right from the encoder's output, down, right into the cross-attention box
     x_turn = xe + w / 2 + 1.35
-    ax.plot([xe + w / 2, x_turn, x_turn], [y_out, y_out, dec_sub[1]], color=green, lw=1.8)
+    ax.plot([xe + w / 2, x_turn, x_turn], [y_out, y_out, dec_sub[1]], color=GREEN, lw=1.8)
     ax.annotate("", xy=(xd - w / 2, dec_sub[1]), xytext=(x_turn, dec_sub[1]),
-                arrowprops=dict(arrowstyle="-|>", color=green, lw=1.8, shrinkA=0, shrinkB=0))
+                arrowprops=dict(arrowstyle="-|>", color=GREEN, lw=1.8, shrinkA=0, shrinkB=0))
     ax.text(x_turn + 0.12, dec_sub[1] + 1.5, f"memory\n(B, S, d_model)\n= ({B}, {S}, {d_model})\nto every\ndecoder block",
             ha="left", va="center", fontsize=8.5, color="#222222", family="monospace")
     # unembedding
     y_lin, y_soft, y_top = 14.2, 16.0, 17.5
     _arrow(ax, (xd, y_out + bh / 2), (xd, y_lin - bh / 2), vec_t)
-    _box(ax, xd, y_lin, w, bh, "unembedding: linear d_model → n_vocab\n(optionally tied to the embedding)", red,
+    _box(ax, xd, y_lin, w, bh, "unembedding: linear d_model → n_vocab\n(optionally tied to the embedding)", RED,
          fontsize=8.5)
     _arrow(ax, (xd, y_lin + bh / 2), (xd, y_soft - bh / 2), logits + "  logits")
-    _box(ax, xd, y_soft, w, bh, "softmax over the n_vocab tokens", red)
+    _box(ax, xd, y_soft, w, bh, "softmax over the n_vocab tokens", RED)
     _arrow(ax, (xd, y_soft + bh / 2), (xd, y_top), logits + "  probabilities")
     ax.text(xd, y_top + 0.3, "next-token probabilities at every target position", ha="center", va="bottom",
             fontsize=9.5, fontweight="bold")
     ax.text(xe, y_out + 1.4, "ENCODER\nreads the whole source\nat once (no causal mask)", ha="center", va="bottom",
-            fontsize=10, color=blue, fontweight="bold")
+            fontsize=10, color=BLUE, fontweight="bold")
     ax.set_xlim(-0.6, 15.2)
     ax.set_ylim(-0.3, 18.4)
     ax.axis("off")

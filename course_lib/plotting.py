@@ -78,9 +78,10 @@ def plot_course_map(ax=None):
     import textwrap
 
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch, Patch
+    from matplotlib.patches import Patch
 
     from course_lib.course import NOTEBOOKS
+    from course_lib.diagrams import _box  # the course's box, as in every diagram
 
     if ax is None:
         _, ax = plt.subplots(figsize=(15, 5.8))
@@ -89,10 +90,7 @@ def plot_course_map(ax=None):
     for nb in NOTEBOOKS:
         x, y = pos[nb.number]
         colour = _PART_COLOURS[nb.part]
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.15",
-                                    facecolor=colour, alpha=0.15, edgecolor="none"))
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02,rounding_size=0.15",
-                                    facecolor="none", edgecolor=colour, linewidth=1.6))
+        _box(ax, x, y, w, h, "", colour, fill_alpha=0.15)
         ax.text(x, y + 0.57, f"{nb.number:02d}", ha="center", va="center", fontsize=9, color=colour,
                 fontweight="bold")
         ax.text(x, y + 0.05, textwrap.fill(nb.title, 18), ha="center", va="center", fontsize=9, fontweight="bold")
