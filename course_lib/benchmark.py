@@ -85,19 +85,17 @@ def _sources(n: int, device):
 
 def run_kv_cache(args) -> int:
     from course_lib.decoding import beam_search, greedy_search
-    from course_lib.kv_cache import beam_search_cached, greedy_search_cached
 
     device = _device(args.device)
     model, _, _, src = _sources(args.sentences, device)
     print(f"the course's model on {scale.device_label(device)}: {args.sentences} validation sentences, one batch")
-    searches = [("greedy", greedy_search, greedy_search_cached, {}),
-                (f"beam {args.beam_size}", beam_search, beam_search_cached, {"beam_size": args.beam_size})]
-    for name, plain, cached, kwargs in searches:
+    searches = [("greedy", greedy_search, {}), (f"beam {args.beam_size}", beam_search, {"beam_size": args.beam_size})]
+    for name, search, kwargs in searches:
         start = time.perf_counter()
-        without = plain(model, src, **kwargs)
+        without = search(model, src, cached=False, **kwargs)
         seconds_without = time.perf_counter() - start
         start = time.perf_counter()
-        with_cache = cached(model, src, **kwargs)
+        with_cache = search(model, src, cached=True, **kwargs)
         seconds_with = time.perf_counter() - start
         if without != with_cache:
             print(f"{name}: the cached search gave different outputs", file=sys.stderr)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from course_lib.attention import check_module_input
+from course_lib.kv_cache import AttentionCache
 from course_lib.multihead import MultiHeadAttention
 from course_lib.shapes import check_int, check_shape
 
@@ -57,8 +58,11 @@ class FeedForward(nn.Module):
 class EncoderBlock(nn.Module):
     """Self-attention and feed-forward, each with a residual connection and layer norm.
 
-    ``forward(x (B, T, d_model), mask=None) -> (B, T, d_model)``; the mask (bool, True = may
-    attend) is typically a padding mask of shape (B, 1, 1, T).
+    ``forward(x (B, T, d_model), mask=None, cache=None) -> (B, T, d_model)``; the mask (bool, True =
+    may attend) is typically a padding mask of shape (B, 1, 1, T). With a causal mask and an
+    :class:`~course_lib.kv_cache.AttentionCache` the same block generates one position at a time,
+    as the blocks of a decoder-only model do: ``x`` then holds the new positions only, and the mask
+    covers every position cached so far, (T, t + T).
     """
 
     def __init__(self, d_model: int, h: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
@@ -73,17 +77,18 @@ class EncoderBlock(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None  # (B, h, T, T) of the last call
 
-    def _sa(self, x, mask):
-        out, self.attention_weights = self.self_attn(x, mask=mask)
+    def _sa(self, x, mask, cache):
+        out, self.attention_weights = self.self_attn(x, mask=mask, cache=cache)
         return self.dropout1(out)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: AttentionCache | None = None) -> torch.Tensor:
         check_module_input(self, x=x)
         check_shape(x, "B T d_model", name="x", d_model=self.norm1.normalized_shape[0])
         if self.norm_first:
-            x = x + self._sa(self.norm1(x), mask)
+            x = x + self._sa(self.norm1(x), mask, cache)
             return x + self.dropout2(self.ff(self.norm2(x)))
-        x = self.norm1(x + self._sa(x, mask))
+        x = self.norm1(x + self._sa(x, mask, cache))
         return self.norm2(x + self.dropout2(self.ff(x)))
 
     @torch.no_grad()

@@ -7,23 +7,30 @@ a tokenizer: German strings in, English strings out, in batches sorted by length
 :func:`sample` draws each next token at random instead, from the model's distribution reshaped by
 a temperature and cut down by top-k and/or top-p (nucleus) filtering (:func:`filter_logits`).
 
-The decoder here recomputes the whole prefix at every step; :mod:`course_lib.kv_cache` (notebook
-12) runs the same searches with a key-value cache. The search loops themselves (:func:`generate`
-and :func:`beam_search_loop`) only ask for the next-token logits through a callable, so both
-decoders share them.
+Every search decodes with a key–value cache by default (``cached=True``, notebook 12):
+:class:`IncrementalDecoder` feeds the model one new token per step and the model's own attention
+modules keep the keys and values of the earlier ones (:mod:`course_lib.kv_cache`). With
+``cached=False`` the decoder runs over the whole prefix at every step instead; the outputs are the
+same, only the time differs. The search loops themselves (:func:`generate` and
+:func:`beam_search_loop`) only ask for the next-token logits through a callable, so both ways share
+them. Searches run the model in eval mode (no dropout) and give every module its mode back after.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import warnings
 from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from course_lib.masking import pad_sequences
 from course_lib.shapes import check_int, check_shape
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, check_texts
+from course_lib.transformer import Seq2SeqTransformer
 
 
 def output_budget(src: torch.Tensor, pad_id: int = PAD_ID) -> list[int]:
@@ -112,23 +119,133 @@ def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=N
     return [_strip(row) for row in out[:, 1:].tolist()]
 
 
-def _recompute(model, src: torch.Tensor) -> NextLogits:
-    """``next_logits`` that runs the decoder over the whole prefix at every step (no cache)."""
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Put ``module`` in eval mode (no dropout) for a while, then give every submodule its own mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _in_eval_mode(search):
+    """Run a search ``search(model, ...)`` with the model in eval mode and without gradients."""
+    @functools.wraps(search)
+    def wrapped(model, *args, **kwargs):
+        with torch.no_grad(), eval_mode(model):
+            return search(model, *args, **kwargs)
+
+    return wrapped
+
+
+class IncrementalDecoder:
+    """Run a :class:`~course_lib.transformer.Seq2SeqTransformer`'s decoder one token at a time with a KV cache.
+
+    Usage::
+
+        decoder = IncrementalDecoder(model).start(src)   # encode; an empty cache
+        logits = decoder.step(torch.full((B,), BOS_ID))  # (B, n_vocab): the first output token's logits
+        logits = decoder.step(next_tokens)               # (B, n_vocab): the one after, and so on
+        decoder.reorder(indices)                         # keep/reorder rows (beam search)
+
+    ``step`` calls ``model.decode(tokens[:, None], memory, src_mask, cache)``: the model's own layers,
+    one new position, the keys and values of the earlier ones taken from the cache
+    (:mod:`course_lib.kv_cache`). Its logits equal ``model.decode(prefix, memory, src_mask)[:, -1]``
+    for the prefix of every token fed so far, to float rounding. It always has eval-mode semantics
+    (no dropout, whatever ``model.training`` says; the model's mode is left as it was) and runs
+    under ``torch.no_grad()``.
+
+    Attributes:
+        model: the wrapped model. memory: (B, S, d_model), the encoded source. src_mask: (B, 1, 1, S).
+        cache: the :class:`~course_lib.kv_cache.KVCache` (None before ``start``).
+    """
+
+    def __init__(self, model: Seq2SeqTransformer):
+        if not isinstance(model, Seq2SeqTransformer):
+            raise TypeError(f"expected a Seq2SeqTransformer, got {type(model).__name__}")
+        self.model = model
+        self.memory = self.src_mask = self.cache = None
+
+    def _started(self):
+        if self.cache is None:
+            raise RuntimeError("call start(src) before step() or reorder()")
+        return self.cache
+
+    @property
+    def length(self) -> int:
+        """The number of tokens fed so far (the position of the next one)."""
+        return self._started().length
+
+    @torch.no_grad()
+    def start(self, src: torch.Tensor) -> "IncrementalDecoder":
+        """Encode ``src (B, S)`` (PAD = model.pad_id) and start an empty cache (t = 0). Returns ``self``."""
+        check_shape(src, "B S", name="src", dtype="int")
+        with eval_mode(self.model):
+            self.memory, self.src_mask = self.model.encode(src)  # (B, S, d_model), (B, 1, 1, S)
+        self.cache = self.model.new_cache(src.shape[0])
+        return self
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (at position t = :attr:`length`) and return the next-token logits.
+
+        Args:
+            tokens: (B,) ids; the first step feeds BOS.
+
+        Returns:
+            (B, n_vocab) logits of the token at position t + 1.
+        """
+        cache = self._started()
+        check_shape(tokens, "B", name="tokens", dtype="int", B=cache.batch_size)
+        tokens = tokens.to(self.memory.device)
+        self.model.check_ids(tokens, "tokens", self.model.tgt_embed)
+        with eval_mode(self.model) if self.model.training else contextlib.nullcontext():
+            return self.model.decode(tokens[:, None], self.memory, self.src_mask, cache)[:, 0]  # (B, n_vocab)
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Keep rows ``indices (N,)`` of the cache and the source, in that order; e.g. the parents of beam search's hypotheses.
+
+        Rows may repeat (``torch.arange(B).repeat_interleave(K)`` makes K copies of each sentence).
+        """
+        self._started().reorder(indices)
+        indices = indices.to(self.memory.device)
+        self.memory, self.src_mask = self.memory[indices], self.src_mask[indices]
+
+    def cache_bytes(self, kind: str = "all") -> int:
+        """Bytes held by the cached keys/values now: ``kind`` "self", "cross" or "all"."""
+        return self._started().nbytes(kind)
+
+
+def _next_logits(model, src: torch.Tensor, cached: bool) -> NextLogits:
+    """``next_logits`` for :func:`generate`: one new position per step with a cache, else the whole prefix."""
+    if cached:
+        decoder = IncrementalDecoder(model).start(src)
+        return lambda out: decoder.step(out[:, -1])
     memory, src_mask = model.encode(src)
     return lambda out: model.decode(out, memory, src_mask)[:, -1]
 
 
-@torch.no_grad()
-def greedy_search(model, src: torch.Tensor, max_len: int | None = None) -> list[list[int]]:
+def _check_cached(cached) -> bool:
+    if not isinstance(cached, bool):
+        raise TypeError(f"cached must be True (a key-value cache) or False (the whole prefix every step), got {cached!r}")
+    return cached
+
+
+@_in_eval_mode
+def greedy_search(model, src: torch.Tensor, max_len: int | None = None, cached: bool = True) -> list[list[int]]:
     """Always take the most likely next token (never PAD or BOS).
 
     ``max_len``: None gives each sentence its own :func:`output_budget`; or an int, or B ints.
-    Returns one id list per sentence (EOS included when produced).
+    ``cached``: decode with a key–value cache (default) or run the whole prefix at every step; the
+    outputs are the same. Returns one id list per sentence (EOS included when produced).
     """
     check_shape(src, "B S", name="src", dtype="int")
     max_len = sentence_budgets(src, max_len, model.pad_id)
-    return generate(_recompute(model, src), src.shape[0], max_len, lambda logits: logits.argmax(dim=-1),
-                    device=src.device)
+    return generate(_next_logits(model, src, _check_cached(cached)), src.shape[0], max_len,
+                    lambda logits: logits.argmax(dim=-1), device=src.device)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -222,9 +339,9 @@ def beam_search_loop(next_logits, batch_size: int, beam_size: int, alpha: float,
     return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
 
 
-@torch.no_grad()
+@_in_eval_mode
 def beam_search(model, src: torch.Tensor, beam_size: int = 4, alpha: float = 0.6,
-                max_len: int | None = None) -> list[list[int]]:
+                max_len: int | None = None, cached: bool = True) -> list[list[int]]:
     """Batched beam search with a length penalty.
 
     Each sentence keeps ``beam_size`` live hypotheses. At every step the 2K best extensions of
@@ -234,15 +351,31 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 4, alpha: float = 0.6
     others stay live. A sentence is done once it has K finished hypotheses; at its ``max_len``
     (default: its own :func:`output_budget`) the live ones count as finished. The best finished
     hypothesis is returned.
+
+    With ``cached`` (the default) a key–value cache holds B*K rows, K copies of each sentence, and
+    is reordered by the parents of the surviving hypotheses after every step; without it the
+    decoder runs every hypothesis's whole prefix at every step. The outputs are the same.
     """
     check_shape(src, "B S", name="src", dtype="int")
     K = check_beam_size(beam_size)
     max_len = sentence_budgets(src, max_len, model.pad_id)
-    memory, src_mask = model.encode(src)
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
-    src_mask = src_mask.repeat_interleave(K, dim=0)
-    return beam_search_loop(lambda tokens, parents: model.decode(tokens, memory, src_mask)[:, -1],
-                            src.shape[0], K, alpha, max_len, device=src.device)
+    B = src.shape[0]
+    if _check_cached(cached):
+        decoder = IncrementalDecoder(model).start(src)
+        decoder.reorder(torch.arange(B, device=src.device).repeat_interleave(K))  # (B*K,) K copies of each
+
+        def next_logits(tokens, parents):
+            if parents is not None:
+                decoder.reorder(parents)
+            return decoder.step(tokens[:, -1])
+    else:
+        memory, src_mask = model.encode(src)
+        memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
+        src_mask = src_mask.repeat_interleave(K, dim=0)
+
+        def next_logits(tokens, parents):
+            return model.decode(tokens, memory, src_mask)[:, -1]
+    return beam_search_loop(next_logits, B, K, alpha, max_len, device=src.device)
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -321,21 +454,22 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-@torch.no_grad()
+@_in_eval_mode
 def sample(model, src: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
            top_p: float | None = None, generator: torch.Generator | None = None,
-           max_len: int | None = None) -> list[list[int]]:
+           max_len: int | None = None, cached: bool = True) -> list[list[int]]:
     """Ancestral sampling: draw each next token from the (filtered) model distribution.
 
     PAD and BOS are never drawn; a sentence stops at its first EOS or after ``max_len`` tokens.
     ``temperature`` near 0 or ``top_k=1`` gives :func:`greedy_search`'s output.
 
     Args:
-        model: a Seq2SeqTransformer (put it in eval mode for dropout-free draws).
+        model: a Seq2SeqTransformer (run in eval mode: no dropout).
         src: (B, S) source ids, PAD = 0, rows ending in EOS.
         temperature, top_k, top_p: see :func:`filter_logits`.
         generator: a ``torch.Generator`` (on ``src``'s device) for reproducible samples.
         max_len: the most tokens per sentence: None (each sentence its :func:`output_budget`), an int, or B ints.
+        cached: decode with a key–value cache (default) or not; the same draws for the same generator state.
 
     Returns:
         One id list per sentence (EOS included when produced).
@@ -343,7 +477,7 @@ def sample(model, src: torch.Tensor, temperature: float = 1.0, top_k: int | None
     check_shape(src, "B S", name="src", dtype="int")
     settings = check_sampling(temperature, top_k, top_p)
     max_len = sentence_budgets(src, max_len, model.pad_id)
-    return generate(_recompute(model, src), src.shape[0], max_len,
+    return generate(_next_logits(model, src, _check_cached(cached)), src.shape[0], max_len,
                     lambda logits: sample_next_token(logits, *settings, generator=generator), device=src.device)
 
 
@@ -380,7 +514,7 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
     :func:`output_budget` (1.5 x its source length + 10 tokens), so a translation does not depend
     on the other sentences of its batch. An empty or blank sentence translates to ``""``.
     The model is put in eval mode. With ``cached`` (the default) decoding keeps a key-value cache
-    (:mod:`course_lib.kv_cache`); the translations are the same either way, only the time differs.
+    (:class:`IncrementalDecoder`); the translations are the same either way, only the time differs.
 
     With ``warn`` (the default) a ``UserWarning`` names the sentences that hold text the tokenizer
     has never seen (read as ``<unk>``), those longer than any source the model was trained on
@@ -412,14 +546,8 @@ def translate(model, tokenizer, sentences: Sequence[str], beam_size: int = 1, al
         chunk = order[start:start + batch_size]
         src = pad_sequences([encoded[i] for i in chunk], pad_id=PAD_ID).to(device)  # (B, S)
         budgets = output_budget(src, PAD_ID)
-        if cached:  # the same outputs, one new position per step (course_lib.kv_cache)
-            from course_lib.kv_cache import beam_search_cached, greedy_search_cached
-
-            outputs = (greedy_search_cached(model, src, budgets) if beam_size == 1
-                       else beam_search_cached(model, src, beam_size, alpha, budgets))
-        else:
-            outputs = (greedy_search(model, src, budgets) if beam_size == 1
-                       else beam_search(model, src, beam_size, alpha, budgets))
+        outputs = (greedy_search(model, src, budgets, cached=cached) if beam_size == 1
+                   else beam_search(model, src, beam_size, alpha, budgets, cached=cached))
         for i, ids, budget in zip(chunk, outputs, budgets):
             results[i] = tokenizer.decode(ids)
             if len(ids) >= budget and EOS_ID not in ids:

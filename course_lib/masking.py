@@ -159,18 +159,22 @@ def lengths_to_mask(lengths, T: int | None = None) -> torch.Tensor:
     return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
-def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tensor:
+def causal_mask(T: int, device: torch.device | str | None = None, start: int = 0) -> torch.Tensor:
     """True on and below the diagonal: query t may attend to keys 0 ... t, never to a later key.
 
     Args:
-        T: sequence length (a positive int).
+        T: sequence length (a positive int): the number of queries.
         device: where to create the mask (default: the CPU).
+        start: positions that come before the T queries, e.g. those a key-value cache holds
+            already (notebook 12): query i sits at position ``start + i`` and may attend to keys
+            ``0 ... start + i``.
 
     Returns:
-        (T, T) bool; broadcasts against scores (..., T, T) of any batch and head axes.
+        (T, start + T) bool, (T, T) by default; broadcasts against scores (..., T, start + T) of any
+        batch and head axes.
     """
-    T = check_int(T, "T", minimum=1)
-    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    T, start = check_int(T, "T", minimum=1), check_int(start, "start", minimum=0)
+    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
 def combine_masks(*masks: torch.Tensor | None) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from course_lib.attention import attention_weights, check_module_input
+from course_lib.kv_cache import AttentionCache
 from course_lib.masking import causal_mask
 from course_lib.shapes import check_int, check_shape
 
@@ -50,9 +51,15 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention with projections W_Q, W_K, W_V, W_O (each d_model x d_model, with bias).
 
     Same parameters and FLOPs as one full-width head: the heads split d_model, they do
-    not multiply it. ``forward(query, key=None, value=None, mask=None)`` returns
+    not multiply it. ``forward(query, key=None, value=None, mask=None, cache=None)`` returns
     ``(output (B, T_q, d_model), weights (B, h, T_q, T_k))``; ``key``/``value`` default to
     ``query`` (self-attention); pass the encoder output as both for cross-attention.
+
+    With a :class:`~course_lib.kv_cache.AttentionCache` (decoding one token at a time, notebook 12)
+    the keys and values are kept between calls: a self-attention cache appends the new positions'
+    keys and values and attends over all of them (T_k = the positions cached so far); a
+    cross-attention cache (``fixed=True``) projects ``key``/``value`` at its first call only and
+    reuses them after.
     """
 
     def __init__(self, d_model: int, h: int, dropout: float = 0.0, bias: bool = True):
@@ -67,21 +74,38 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor | None = None, cache: AttentionCache | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         key = query if key is None else key
         value = key if value is None else value
         check_module_input(self, query=query, key=key, value=value)
         sizes = check_shape(query, "B T_q d_model", name="query", d_model=self.d_model)
         check_shape(key, "B T_k d_model", name="key", B=sizes["B"], d_model=self.d_model)
         check_shape(value, "B T_k d_model", name="value", B=sizes["B"], d_model=self.d_model, T_k=key.shape[1])
+        if cache is not None:
+            self._check_cache(cache, sizes["B"])
         q = split_heads(self.w_q(query), self.h)  # (B, h, T_q, d_k)
-        k = split_heads(self.w_k(key), self.h)  # (B, h, T_k, d_k)
-        v = split_heads(self.w_v(value), self.h)  # (B, h, T_k, d_k)
+        if cache is not None and cache.fixed and not cache.is_empty:
+            k, v = cache.k, cache.v  # cross-attention: the memory's keys and values, projected at the first call
+        else:
+            k = split_heads(self.w_k(key), self.h)  # (B, h, T_k, d_k)
+            v = split_heads(self.w_v(value), self.h)  # (B, h, T_k, d_k)
+            if cache is not None:
+                k, v = cache.add(k, v)  # self-attention: the earlier positions' keys and values, then these
         if mask is not None and mask.dim() == 3:  # (B, T_q or 1, T_k): add the head axis
             mask = mask.unsqueeze(1)
         weights = attention_weights(q, k, mask=mask)  # (B, h, T_q, T_k)
         out = self.dropout(weights) @ v  # (B, h, T_q, d_k)
         return self.w_o(merge_heads(out)), weights
+
+    def _check_cache(self, cache, B: int) -> None:
+        """Refuse anything but an AttentionCache whose keys fit this module and this batch."""
+        if not isinstance(cache, AttentionCache):
+            raise TypeError(f"cache: expected an AttentionCache (course_lib.kv_cache), got {type(cache).__name__}")
+        if cache.k is not None and (cache.k.shape[0], cache.k.shape[1], cache.k.shape[3]) != (B, self.h, self.d_k):
+            raise ValueError(f"cache holds keys of shape {tuple(cache.k.shape)}, expected (B, h, t, d_k) with "
+                             f"B={B}, h={self.h}, d_k={self.d_k}: was it made for another batch or model? "
+                             "(after choosing rows of the batch, reorder the cache with them)")
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> "MultiHeadAttention":

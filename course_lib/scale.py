@@ -515,7 +515,7 @@ def decode_step_times(model, src: torch.Tensor, tokens: torch.Tensor, repeats: i
 
     Without the cache, step t runs the decoder on the whole prefix ``tokens[:, :t]`` (t positions) and
     keeps the last position's logits, as :func:`course_lib.decoding.greedy_search` does; with it,
-    :class:`course_lib.kv_cache.IncrementalDecoder` runs one position. The encoder's work is left out of
+    :class:`course_lib.decoding.IncrementalDecoder` runs one position. The encoder's work is left out of
     both. Each step's time is the best of ``repeats`` runs.
 
     Args:
@@ -525,7 +525,7 @@ def decode_step_times(model, src: torch.Tensor, tokens: torch.Tensor, repeats: i
     Returns:
         ``(without, with_cache)``: two lists of T seconds.
     """
-    from course_lib.kv_cache import IncrementalDecoder
+    from course_lib.decoding import IncrementalDecoder
 
     sizes = check_shape(src, "B S", name="src", dtype="int")
     check_shape(tokens, "B T", name="tokens", dtype="int", B=sizes["B"])

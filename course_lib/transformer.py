@@ -21,6 +21,7 @@ from torch import nn
 
 from course_lib.attention import check_module_input
 from course_lib.blocks import EncoderBlock, FeedForward, _copy_linear_norms
+from course_lib.kv_cache import KVCache, LayerCache
 from course_lib.masking import causal_mask
 from course_lib.multihead import MultiHeadAttention
 from course_lib.positional import SinusoidalPositionalEncoding
@@ -30,7 +31,10 @@ from course_lib.shapes import check_shape
 class DecoderBlock(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, feed-forward; each with residual + norm.
 
-    ``forward(x (B, T, d_model), memory (B, S, d_model), tgt_mask=None, memory_mask=None)``.
+    ``forward(x (B, T, d_model), memory (B, S, d_model), tgt_mask=None, memory_mask=None, cache=None)``.
+    With a :class:`~course_lib.kv_cache.LayerCache` (decoding one token at a time) ``x`` holds only
+    the new positions, ``tgt_mask`` covers every position cached so far, and the memory is projected
+    to keys and values at the first call only.
     """
 
     def __init__(self, d_model: int, h: int, d_ff: int, dropout: float = 0.1, activation: str = "relu",
@@ -45,25 +49,28 @@ class DecoderBlock(nn.Module):
         self.self_weights: torch.Tensor | None = None  # (B, h, T, T) of the last call
         self.cross_weights: torch.Tensor | None = None  # (B, h, T, S) of the last call
 
-    def _sa(self, x, mask):
-        out, self.self_weights = self.self_attn(x, mask=mask)
+    def _sa(self, x, mask, cache):
+        out, self.self_weights = self.self_attn(x, mask=mask, cache=None if cache is None else cache.self_attn)
         return self.dropout1(out)
 
-    def _ca(self, x, memory, mask):
-        out, self.cross_weights = self.cross_attn(x, memory, memory, mask=mask)
+    def _ca(self, x, memory, mask, cache):
+        out, self.cross_weights = self.cross_attn(x, memory, memory, mask=mask,
+                                                  cache=None if cache is None else cache.cross_attn)
         return self.dropout2(out)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+                memory_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         check_module_input(self, x=x, memory=memory)
         sizes = check_shape(x, "B T d_model", name="x", d_model=self.norm1.normalized_shape[0])
         check_shape(memory, "B S d_model", name="memory", B=sizes["B"], d_model=sizes["d_model"])
+        if cache is not None and not isinstance(cache, LayerCache):
+            raise TypeError(f"cache: expected a LayerCache (course_lib.kv_cache), got {type(cache).__name__}")
         if self.norm_first:
-            x = x + self._sa(self.norm1(x), tgt_mask)
-            x = x + self._ca(self.norm2(x), memory, memory_mask)
+            x = x + self._sa(self.norm1(x), tgt_mask, cache)
+            x = x + self._ca(self.norm2(x), memory, memory_mask, cache)
             return x + self.dropout3(self.ff(self.norm3(x)))
-        x = self.norm1(x + self._sa(x, tgt_mask))
-        x = self.norm2(x + self._ca(x, memory, memory_mask))
+        x = self.norm1(x + self._sa(x, tgt_mask, cache))
+        x = self.norm2(x + self._ca(x, memory, memory_mask, cache))
         return self.norm3(x + self.dropout3(self.ff(x)))
 
     @torch.no_grad()
@@ -98,11 +105,20 @@ class Transformer(nn.Module):
         return self.encoder_norm(src)
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, tgt_mask: torch.Tensor | None = None,
-               memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, d_model) attending to memory (B, S, d_model) -> (B, T, d_model)."""
+               memory_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, d_model) attending to memory (B, S, d_model) -> (B, T, d_model).
+
+        With a :class:`~course_lib.kv_cache.KVCache`, layer i uses ``cache.layers[i]``: ``tgt`` holds
+        the new positions only and ``tgt_mask`` covers every position cached so far.
+        """
         check_shape(tgt, "B T d_model", name="tgt", d_model=self.d_model)
-        for layer in self.decoder_layers:
-            tgt = layer(tgt, memory, tgt_mask, memory_mask)
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache: expected a KVCache (course_lib.kv_cache), got {type(cache).__name__}")
+            if len(cache.layers) != len(self.decoder_layers):
+                raise ValueError(f"cache holds {len(cache.layers)} layers, the decoder has {len(self.decoder_layers)}")
+        for i, layer in enumerate(self.decoder_layers):
+            tgt = layer(tgt, memory, tgt_mask, memory_mask, None if cache is None else cache.layers[i])
         return self.decoder_norm(tgt)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
@@ -166,8 +182,8 @@ class Seq2SeqTransformer(nn.Module):
         if share_embeddings:
             self.out.weight = self.tgt_embed.weight
 
-    def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding) -> torch.Tensor:
-        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model)))
+    def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding, start: int = 0) -> torch.Tensor:
+        return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model), start))
 
     def check_ids(self, ids: torch.Tensor, name: str, embedding: nn.Embedding) -> None:
         """Token ids must lie in the vocabulary and on the model's device (else a clear error, not torch's IndexError)."""
@@ -199,14 +215,31 @@ class Seq2SeqTransformer(nn.Module):
         mask = self.source_mask(src)
         return self.transformer.encode(self._embed(src, self.src_embed), mask), mask
 
-    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and the encoder's memory -> logits (B, T, tgt_vocab)."""
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty :class:`~course_lib.kv_cache.KVCache` for ``batch_size`` rows, one layer cache per decoder layer."""
+        return KVCache(len(self.transformer.decoder_layers), batch_size, device=self.out.weight.device)
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) ids and the encoder's memory -> logits (B, T, tgt_vocab).
+
+        With a ``cache`` (from :meth:`new_cache`; notebook 12) ``tgt_in`` holds only the tokens that
+        follow those fed before, at positions t ... t + T - 1 (t = ``cache.length``): the logits are
+        those the whole prefix would give at these positions, and the cache grows by T positions.
+        """
         check_shape(tgt_in, "B T", name="tgt_in", dtype="int")
         if tgt_in.shape[1] == 0:
             raise ValueError(f"tgt_in of shape {tuple(tgt_in.shape)} has no tokens: the decoder input starts with BOS")
         self.check_ids(tgt_in, "tgt_in", self.tgt_embed)
-        x = self.transformer.decode(self._embed(tgt_in, self.tgt_embed), memory, self.target_mask(tgt_in), src_mask)
-        return self.out(x)
+        if cache is None:
+            start, mask = 0, self.target_mask(tgt_in)  # (B, 1, T, T)
+        else:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache: expected a KVCache (from model.new_cache), got {type(cache).__name__}")
+            check_shape(tgt_in, "B T", name="tgt_in", B=cache.batch_size)
+            start, mask = cache.length, cache.add_positions(tgt_in != self.pad_id)  # (B, 1, T, t + T)
+        x = self._embed(tgt_in, self.tgt_embed, start)
+        return self.out(self.transformer.decode(x, memory, mask, src_mask, cache))
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, src_mask = self.encode(src)

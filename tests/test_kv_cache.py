@@ -1,17 +1,18 @@
-"""The key-value-cached decoder (course_lib/kv_cache.py).
+"""Decoding with a key-value cache: the containers (course_lib/kv_cache.py), the model's own modules that
+use them (MultiHeadAttention, EncoderBlock, DecoderBlock, Seq2SeqTransformer.decode) and the decoder that
+drives them (course_lib.decoding.IncrementalDecoder).
 
 The cached step is compared with the model's own full recompute, ``model.decode(prefix)[:, -1]``,
 at every step (post-LN and pre-LN, padded sources, padding inside the prefix, reordered rows);
-the cached searches with the uncached ones of course_lib.decoding; the work saved is counted
-with forward hooks on the model's own modules, not timed.
+the cached searches with the uncached ones (``cached=False``); the work saved is counted with
+forward hooks on the model's own modules, not timed.
 """
 import pytest
 import torch
 from torch import nn
 
-from course_lib.decoding import beam_search, greedy_search, sample
-from course_lib.kv_cache import (IncrementalDecoder, KVCache, beam_search_cached, greedy_search_cached,
-                                 kv_cache_bytes, sample_cached)
+from course_lib.decoding import IncrementalDecoder, beam_search, greedy_search, sample
+from course_lib.kv_cache import AttentionCache, KVCache, LayerCache, kv_cache_bytes
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from course_lib.transformer import Seq2SeqTransformer
 from decoding_helpers import batch as _batch, random_sources
@@ -44,8 +45,20 @@ def _model(vocab=12, seed=0, norm_first=False, layers=2, d_model=16, h=2, eos_bi
     return model.eval()
 
 
+def greedy_search_cached(model, src, **kwargs):
+    return greedy_search(model, src, cached=True, **kwargs)
 
 
+def beam_search_cached(model, src, **kwargs):
+    return beam_search(model, src, cached=True, **kwargs)
+
+
+def sample_cached(model, src, **kwargs):
+    return sample(model, src, cached=True, **kwargs)
+
+
+def uncached(search):
+    return lambda model, src, **kwargs: search(model, src, cached=False, **kwargs)
 
 
 # --- one step equals the full recompute -------------------------------------------------------------
@@ -115,15 +128,17 @@ def test_cache_shapes_and_sizes():
     decoder = IncrementalDecoder(model).start(src)
     cache = decoder.cache
     assert isinstance(cache, KVCache) and len(cache.layers) == 3
-    assert (cache.batch_size, cache.length, cache.source_length) == (2, 0, 6)
-    for layer in cache.layers:
-        assert layer.self_k.shape == layer.self_v.shape == (2, 4, 0, 4)  # (B, h, t, d_k)
-        assert layer.cross_k.shape == layer.cross_v.shape == (2, 4, 6, 4)  # (B, h, S, d_k)
-    assert decoder.cache_bytes("self") == 0
-    assert decoder.cache_bytes("cross") == 2 * 3 * 2 * 6 * 16 * 4  # K and V, 3 layers, B, S, d_model, float32
+    assert all(isinstance(layer, LayerCache) for layer in cache.layers)
+    assert (cache.batch_size, cache.length, cache.source_length) == (2, 0, 0)  # empty until the first step
+    assert all(layer.self_attn.is_empty and layer.cross_attn.is_empty for layer in cache.layers)
+    assert decoder.cache_bytes() == 0
     for t in range(1, 5):
         decoder.step(torch.tensor([BOS_ID, 7]))
-        assert all(layer.self_k.shape == (2, 4, t, 4) for layer in cache.layers)
+        assert (cache.length, cache.source_length) == (t, 6)
+        for layer in cache.layers:
+            assert layer.self_attn.k.shape == layer.self_attn.v.shape == (2, 4, t, 4)  # (B, h, t, d_k)
+            assert layer.cross_attn.k.shape == layer.cross_attn.v.shape == (2, 4, 6, 4)  # (B, h, S, d_k)
+        assert decoder.cache_bytes("cross") == 2 * 3 * 2 * 6 * 16 * 4  # K and V, 3 layers, B, S, d_model, float32
         assert decoder.cache_bytes("self") == 2 * 3 * 2 * t * 16 * 4
         assert decoder.cache_bytes() == kv_cache_bytes(3, 2, 16, t, 6)
     assert kv_cache_bytes(6, 32, 512, 20, 25) == 2 * 6 * 32 * 45 * 512 * 4  # a base-sized model: 17.7 MB
@@ -134,16 +149,20 @@ def test_cache_shapes_and_sizes():
         kv_cache_bytes(-1, 1, 8, 1, 1)
 
 
-def test_cross_keys_are_those_of_the_model_memory():
+def test_cross_keys_are_those_of_the_model_memory_projected_once():
     model = _model(seed=2)
     src = _batch(_random_sources(12, 3, 2))
     memory, _ = model.encode(src)
     decoder = IncrementalDecoder(model).start(src)
-    for layer, kv in zip(model.transformer.decoder_layers, decoder.cache.layers):
+    decoder.step(torch.full((3,), BOS_ID))
+    first = [layer.cross_attn.k for layer in decoder.cache.layers]
+    decoder.step(torch.tensor([4, 5, 6]))
+    for layer, kv, k_first in zip(model.transformer.decoder_layers, decoder.cache.layers, first):
         w_k = layer.cross_attn.w_k
         with torch.no_grad():
             expected = (memory @ w_k.weight.T + w_k.bias).reshape(3, -1, 2, 8).permute(0, 2, 1, 3)  # by hand
-        assert torch.allclose(kv.cross_k, expected, atol=ATOL)
+        assert torch.allclose(kv.cross_attn.k, expected, atol=ATOL)
+        assert kv.cross_attn.k is k_first  # the second step reused the tensor: nothing projected again
 
 
 # --- reorder -------------------------------------------------------------------------------------
@@ -179,7 +198,7 @@ def test_greedy_search_cached_equals_greedy_search(norm_first):
         model = _model(seed=seed, norm_first=norm_first, eos_bias=eos_bias)
         src = _batch(_random_sources(12, 6, seed + 10, lengths=(1, 9)), width=12)
         for max_len in (None, 0, 1, 7):  # 7 last: its outputs are counted below
-            expected = greedy_search(model, src, max_len=max_len)
+            expected = uncached(greedy_search)(model, src, max_len=max_len)
             assert greedy_search_cached(model, src, max_len=max_len) == expected
         ended += sum(bool(o) and o[-1] == EOS_ID for o in expected)
         cut += sum(not o or o[-1] != EOS_ID for o in expected)
@@ -193,20 +212,20 @@ def test_beam_search_cached_equals_beam_search(norm_first):
         model = _model(seed=seed, norm_first=norm_first, eos_bias=eos_bias)
         src = _batch(_random_sources(12, 4, seed + 20, lengths=(1, 8)))
         for beam_size, alpha in [(1, 0.6), (2, 0.0), (3, 0.6), (4, 1.0)]:
-            expected = beam_search(model, src, beam_size=beam_size, alpha=alpha, max_len=8)
+            expected = uncached(beam_search)(model, src, beam_size=beam_size, alpha=alpha, max_len=8)
             assert beam_search_cached(model, src, beam_size=beam_size, alpha=alpha, max_len=8) == expected
-            differs += expected != greedy_search(model, src, max_len=8)
+            differs += expected != uncached(greedy_search)(model, src, max_len=8)
     assert differs  # the beams really searched: outputs other than greedy's
     model = _model(seed=5)
     src = _batch(_random_sources(12, 2, 9))
-    assert beam_search_cached(model, src) == beam_search(model, src)  # defaults, default max_len
+    assert beam_search_cached(model, src) == uncached(beam_search)(model, src)  # defaults, default max_len
     assert beam_search_cached(model, src, beam_size=2, max_len=0) == [[], []]
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_beam_search_cached_logits_equal_the_recompute_of_every_hypothesis(norm_first, monkeypatch):
     """Inside beam_search_cached, every step's logits (reordered cache) equal model.decode on the hypotheses."""
-    import course_lib.kv_cache as kv_cache
+    import course_lib.decoding as decoding
 
     model = _model(seed=7, norm_first=norm_first, eos_bias=0.5)
     src = _batch(_random_sources(12, 3, 8, lengths=(2, 8)))
@@ -214,7 +233,7 @@ def test_beam_search_cached_logits_equal_the_recompute_of_every_hypothesis(norm_
     memory, src_mask = model.encode(src)
     memory, src_mask = memory.repeat_interleave(K, 0), src_mask.repeat_interleave(K, 0)
     checked, reordered = [], []
-    loop = kv_cache.beam_search_loop
+    loop = decoding.beam_search_loop
 
     def checking_loop(next_logits, *args, **kwargs):
         def wrapped(tokens, parents):
@@ -228,7 +247,7 @@ def test_beam_search_cached_logits_equal_the_recompute_of_every_hypothesis(norm_
 
         return loop(wrapped, *args, **kwargs)
 
-    monkeypatch.setattr(kv_cache, "beam_search_loop", checking_loop)
+    monkeypatch.setattr(decoding, "beam_search_loop", checking_loop)
     beam_search_cached(model, src, beam_size=K, max_len=8)
     assert len(checked) >= 4 and any(reordered)  # several steps, and the hypotheses really moved rows
 
@@ -237,7 +256,7 @@ def test_sample_cached_equals_sample_with_the_same_generator():
     model = _model(seed=6, eos_bias=0.5)
     src = _batch(_random_sources(12, 5, 6))
     for settings in ({}, {"temperature": 0.7, "top_k": 4}, {"temperature": 1.3, "top_p": 0.8}):
-        expected = sample(model, src, generator=torch.Generator().manual_seed(11), max_len=9, **settings)
+        expected = uncached(sample)(model, src, generator=torch.Generator().manual_seed(11), max_len=9, **settings)
         found = sample_cached(model, src, generator=torch.Generator().manual_seed(11), max_len=9, **settings)
         assert found == expected
     with pytest.raises(ValueError, match="temperature"):
@@ -256,7 +275,7 @@ def test_cache_runs_one_position_per_step_and_projects_the_memory_once():
         hooks.append(layer.ff.linear1.register_forward_hook(lambda m, i, o: calls["ff"].append(i[0].shape[1])))
         hooks.append(layer.cross_attn.w_k.register_forward_hook(lambda m, i, o: calls["cross_k"].append(1)))
     try:
-        full = greedy_search(model, src, max_len=max_len)
+        full = uncached(greedy_search)(model, src, max_len=max_len)
         full_ff, full_cross = list(calls["ff"]), len(calls["cross_k"])
         calls["ff"].clear(), calls["cross_k"].clear()
         cached = greedy_search_cached(model, src, max_len=max_len)
@@ -324,3 +343,155 @@ def test_translate_gives_the_same_text_with_and_without_the_cache():
     for beam in (1, 3):
         plain = translate(model, tokenizer, sentences[:7], beam_size=beam, batch_size=3, cached=False, warn=False)
         assert translate(model, tokenizer, sentences[:7], beam_size=beam, batch_size=3, warn=False) == plain
+
+
+# --- the cache inside the model's own modules ------------------------------------------------------
+
+def test_multihead_attention_with_a_cache_equals_the_causal_full_pass_in_any_chunks():
+    from course_lib.masking import causal_mask
+    from course_lib.multihead import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 7, 16)  # (B, T, d_model)
+    with torch.no_grad():
+        full, _ = attn(x, mask=causal_mask(7))
+        for chunks in ([1] * 7, [3, 1, 3], [7]):
+            cache, outputs, t = AttentionCache(), [], 0
+            for size in chunks:
+                out, weights = attn(x[:, t:t + size], mask=causal_mask(size, start=t), cache=cache)
+                assert weights.shape == (2, 4, size, t + size) and cache.k.shape == (2, 4, t + size, 4)
+                outputs.append(out)
+                t += size
+            assert torch.allclose(torch.cat(outputs, dim=1), full, atol=ATOL), chunks
+        # without the mask, a chunk of several positions would see the later ones among them
+        out, _ = attn(x[:, :3], cache=AttentionCache())
+        assert not torch.allclose(out, full[:, :3], atol=1e-3)
+
+
+def test_a_fixed_cache_projects_the_memory_once_and_then_reuses_it():
+    from course_lib.multihead import MultiHeadAttention
+
+    torch.manual_seed(1)
+    attn = MultiHeadAttention(8, 2).eval()
+    x, memory = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    cache, projected = AttentionCache(fixed=True), []
+    hook = attn.w_k.register_forward_hook(lambda m, i, o: projected.append(i[0].shape))
+    try:
+        with torch.no_grad():
+            full, _ = attn(x, memory, memory)
+            parts = [attn(x[:, t:t + 1], memory, memory, cache=cache)[0] for t in range(3)]
+    finally:
+        hook.remove()
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=ATOL)
+    assert projected == [(2, 5, 8), (2, 5, 8)]  # the full pass, then the cache's first call only
+    assert cache.length == 5 and cache.k.shape == (2, 2, 5, 4)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_an_encoder_block_with_a_causal_mask_and_a_cache_generates_like_a_gpt_block(norm_first):
+    """A decoder-only model's block is self-attention + feed-forward with a causal mask: the same cache works."""
+    from course_lib.blocks import EncoderBlock
+    from course_lib.masking import causal_mask
+
+    torch.manual_seed(2)
+    block = EncoderBlock(16, 2, 32, dropout=0.0, norm_first=norm_first).eval()
+    x = torch.randn(2, 6, 16)
+    with torch.no_grad():
+        full = block(x, causal_mask(6))
+        cache = AttentionCache()
+        steps = [block(x[:, t:t + 1], causal_mask(1, start=t), cache=cache) for t in range(6)]
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=ATOL)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_decode_with_a_cache_takes_the_new_tokens_only_in_any_chunks(norm_first):
+    model = _model(seed=8, norm_first=norm_first)
+    src = _batch(_random_sources(12, 3, 3), width=8)
+    memory, src_mask = model.encode(src)
+    tgt_in = torch.tensor([[BOS_ID, 4, 5, PAD_ID, 7, 8], [BOS_ID, 9, 10, 11, 4, 5], [BOS_ID, 6, 6, 6, 6, 6]])
+    with torch.no_grad():
+        full = model.decode(tgt_in, memory, src_mask)  # (3, 6, n_vocab)
+        cache = model.new_cache(3)
+        prefill = model.decode(tgt_in[:, :4], memory, src_mask, cache)  # a prompt of 4 tokens at once
+        rest = [model.decode(tgt_in[:, t:t + 1], memory, src_mask, cache) for t in range(4, 6)]
+    assert cache.length == 6 and cache.keep[0].tolist() == [True, True, True, False, True, True]
+    assert torch.allclose(torch.cat([prefill] + rest, dim=1), full, atol=ATOL)
+
+
+def test_causal_mask_with_earlier_positions():
+    from course_lib.masking import causal_mask
+
+    assert causal_mask(2, start=3).tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
+    assert torch.equal(causal_mask(4, start=0), causal_mask(4))
+    assert torch.equal(causal_mask(3, start=2), causal_mask(5)[2:])  # the last rows of the full mask
+    with pytest.raises(ValueError, match="start"):
+        causal_mask(2, start=-1)
+
+
+def test_the_cache_classes_refuse_what_does_not_fit():
+    from course_lib.blocks import EncoderBlock
+    from course_lib.multihead import MultiHeadAttention
+
+    torch.manual_seed(3)
+    attn = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 1, 8)
+    with pytest.raises(TypeError, match="AttentionCache"):
+        attn(x, cache=KVCache(1, 2))
+    with pytest.raises(TypeError, match="AttentionCache"):
+        EncoderBlock(8, 2, 16)(x, cache=LayerCache())
+    cache = AttentionCache()
+    attn(x, cache=cache)
+    with pytest.raises(ValueError, match="B=3"):  # made for a batch of 2
+        attn(torch.randn(3, 1, 8), cache=cache)
+    with pytest.raises(ValueError, match="h=4"):
+        MultiHeadAttention(8, 4)(x, cache=cache)
+    fixed = AttentionCache(fixed=True)
+    fixed.add(torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4))
+    with pytest.raises(RuntimeError, match="reused"):
+        fixed.add(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
+    with pytest.raises(ValueError, match="v"):
+        AttentionCache().add(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 2, 4))
+    with pytest.raises(TypeError, match="fixed"):
+        AttentionCache(fixed="yes")
+    with pytest.raises(IndexError, match=r"\[0, 2\)"):
+        cache.reorder(torch.tensor([2]))
+    with pytest.raises(ValueError, match="num_layers"):
+        KVCache(0, 2)
+    model = _model(layers=2)
+    src = _batch([[4, 5, EOS_ID], [6, EOS_ID]])
+    memory, src_mask = model.encode(src)
+    tokens = torch.tensor([[BOS_ID], [BOS_ID]])
+    with pytest.raises(ValueError, match="3 layers, the decoder has 2"):
+        model.decode(tokens, memory, src_mask, KVCache(3, 2))
+    with pytest.raises(ValueError, match="tgt_in: expected B=5"):
+        model.decode(tokens, memory, src_mask, model.new_cache(5))
+    with pytest.raises(TypeError, match="KVCache"):
+        model.decode(tokens, memory, src_mask, AttentionCache())
+    with pytest.raises(TypeError, match="LayerCache"):
+        model.transformer.decoder_layers[0](torch.randn(2, 1, 16), memory, cache=AttentionCache())
+    for search in (greedy_search, beam_search, sample):
+        with pytest.raises(TypeError, match="cached must be True"):
+            search(model, src, cached="yes")
+
+
+def test_one_forward_path_and_no_import_circle():
+    """The cache module holds containers only; decoding and it do not import each other; no module outside
+    the attention and block modules runs a layer's projections or feed-forward network itself."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent / "course_lib"
+
+    def imports(name):
+        tree = ast.parse((root / name).read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert imports("kv_cache.py") <= {"__future__", "course_lib.masking", "course_lib.shapes"}
+    assert "course_lib.kv_cache" not in imports("decoding.py")
+    layer_parts = (".w_q(", ".w_k(", ".w_v(", ".w_o(", ".linear1(", ".linear2(", ".self_attn(", ".cross_attn(")
+    homes = {"attention.py", "multihead.py", "blocks.py", "transformer.py"}
+    for path in root.glob("*.py"):
+        if path.name not in homes:
+            text = path.read_text()
+            assert not [part for part in layer_parts if part in text], path.name

@@ -106,7 +106,7 @@ def test_length_penalty_refuses_a_negative_length():
 
 
 def test_the_cached_decoder_names_a_token_outside_the_vocabulary():
-    from course_lib.kv_cache import IncrementalDecoder
+    from course_lib.decoding import IncrementalDecoder
 
     decoder = IncrementalDecoder(_model(vocab=10)).start(torch.tensor([[4, 5, 2]]))
     with pytest.raises(ValueError, match=r"tokens: token ids must lie in 0..9.*got ids from 12 to 12"):
