@@ -31,15 +31,15 @@ test: $(STAMP)
 
 # Maintainers: re-execute the notebooks and store their outputs (NB=01 for just one).
 notebooks: $(STAMP)
-	$(BIN)/python -m course_lib.notebooks run $(NB)
+	$(BIN)/python -m course_lib.authoring run $(NB)
 
 # Teachers: write the student edition (solutions replaced by stubs) to student/.
 student: $(STAMP)
-	$(BIN)/python -m course_lib.notebooks student
+	$(BIN)/python -m course_lib.authoring student
 
 # Teachers and maintainers: set every cell's slide type for jupyterlab-rise (NB=03 for just one).
 slides: $(STAMP)
-	$(BIN)/python -m course_lib.notebooks slides $(NB)
+	$(BIN)/python -m course_lib.authoring slides $(NB)
 
 clean-venv:
 	rm -rf $(VENV)

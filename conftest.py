@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 from course_lib.course import NOTEBOOKS  # noqa: E402
-from course_lib.notebooks import KERNEL_ENV  # noqa: E402
+from course_lib.authoring.notebooks import KERNEL_ENV  # noqa: E402
 
 # Every notebook kernel inherits this environment: the CPU as device (so a machine with a GPU
 # reproduces the stored CPU outputs) and a fixed hash seed.

@@ -25,12 +25,12 @@ class Notebook:
     part: str
     #: It trains or samples something: both magnify the last bits in which another CPU's rounding can
     #: differ. The test suite runs such a notebook a second time on another kernel path
-    #: (course_lib.notebooks.second_kernel_path).
+    #: (course_lib.authoring.notebooks.second_kernel_path).
     amplifies_rounding: bool = False
     #: Whether that second run also puts MKL on its CPU-independent code path (``MKL_CBWR``), which changes
     #: how matrix products add up but makes them about 3 times slower. The translation notebooks spend
     #: most of their time in the translator's large products, so there it would double the run (see
-    #: course_lib.notebooks.second_kernel_path); they keep torch's plain kernels only.
+    #: course_lib.authoring.notebooks.second_kernel_path); they keep torch's plain kernels only.
     second_path_mkl: bool = True
 
     @property

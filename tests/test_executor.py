@@ -2,9 +2,9 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
 
-from course_lib import notebooks as cli
+from course_lib.authoring import notebooks as cli
 from course_lib.course import NOTEBOOK_DIR
-from course_lib.hosted import INSTALL_CELL
+from course_lib.authoring.hosted import INSTALL_CELL
 
 
 def make_notebook(*sources):

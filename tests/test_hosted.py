@@ -10,9 +10,9 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib import hosted
-from course_lib.hosted import INSTALL_CELL, INSTALL_CELL_ID, REPOSITORY_ENV, REPOSITORY_URL, ensure_install_cell
-from course_lib.notebooks import main
+from course_lib.authoring import hosted
+from course_lib.authoring.hosted import INSTALL_CELL, INSTALL_CELL_ID, REPOSITORY_ENV, REPOSITORY_URL, ensure_install_cell
+from course_lib.authoring.notebooks import main
 
 try:
     import tomllib

@@ -5,9 +5,9 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOK_DIR, get_notebook
-from course_lib.hosted import INSTALL_CELL, is_install_cell
-from course_lib.notebooks import problems
-from course_lib.student import count_exercises
+from course_lib.authoring.hosted import INSTALL_CELL, is_install_cell
+from course_lib.authoring.notebooks import problems
+from course_lib.authoring.student import count_exercises
 
 PATHS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -27,7 +27,7 @@ def test_there_are_notebooks():
 
 def test_stored_outputs_are_clean(notebook):
     path, nb = notebook
-    assert problems(nb) == [], f"{path.name}: run `python -m course_lib.notebooks run {path.stem[:2]}`"
+    assert problems(nb) == [], f"{path.name}: run `python -m course_lib.authoring run {path.stem[:2]}`"
     assert any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), "no stored outputs"
 
 
@@ -44,7 +44,7 @@ def test_opens_with_title_goals_prerequisites_and_time(notebook):
 def test_first_code_cell_installs_course_lib_when_missing_and_the_next_calls_setup(notebook):
     path, nb = notebook
     install, setup_cell = [cell for cell in nb.cells if cell.cell_type == "code"][:2]
-    assert install.source == INSTALL_CELL, f"{path.name}: run `python -m course_lib.notebooks hosted {path.stem[:2]}`"
+    assert install.source == INSTALL_CELL, f"{path.name}: run `python -m course_lib.authoring hosted {path.stem[:2]}`"
     assert install.outputs == [], "where course_lib is installed, the install cell prints nothing"
     assert re.search(r"^device = setup\(", setup_cell.source, re.M), setup_cell.source
 

@@ -9,7 +9,7 @@ everywhere instead (README, "For maintainers").
 To catch such a cell on the machine where it is written, every notebook that the course map marks
 ``amplifies_rounding`` is executed a second time here, under strict nbval, in a kernel that adds
 in another order: torch's plain C++ kernels and MKL's CPU-independent code path
-(``course_lib.notebooks.second_kernel_path``; the translation notebooks leave MKL's out, which would
+(``course_lib.authoring.notebooks.second_kernel_path``; the translation notebooks leave MKL's out, which would
 double their time). The outputs are compared with the same stored ones
 as in the normal run, so a cell that passes there and fails here hangs on the last bits.
 
@@ -27,7 +27,7 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOKS
-from course_lib.notebooks import SECOND_KERNEL_PATH, second_kernel_path
+from course_lib.authoring.notebooks import SECOND_KERNEL_PATH, second_kernel_path
 
 REPO = NOTEBOOKS[0].path.parent.parent
 ON_SECOND_PATH = [nb for nb in NOTEBOOKS if nb.amplifies_rounding and nb.available]

@@ -1,17 +1,17 @@
-"""The slide types of course_lib.slides: each rule on small notebooks, the command, the committed notebooks."""
+"""The slide types of course_lib.authoring.slides: each rule on small notebooks, the command, the committed notebooks."""
 import shutil
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib import slides
+from course_lib.authoring import slides
 from course_lib.course import NOTEBOOK_DIR
-from course_lib.hosted import INSTALL_CELL, INSTALL_CELL_ID
-from course_lib.notebooks import main
-from course_lib.slides import (BACK, CONTINUES, EXERCISE, FIGURE, HOSTED, LONG, RECAP, REVEAL, SECTION,
+from course_lib.authoring.hosted import INSTALL_CELL, INSTALL_CELL_ID
+from course_lib.authoring.notebooks import main
+from course_lib.authoring.slides import (BACK, CONTINUES, EXERCISE, FIGURE, HOSTED, LONG, RECAP, REVEAL, SECTION,
                                SOLUTION, SUBSECTION, TITLE, headings, plan)
-from course_lib.student import count_solutions
+from course_lib.authoring.student import count_solutions
 
 PATHS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 SOLUTION_CODE = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION"
@@ -222,9 +222,9 @@ def test_committed_notebook_carries_the_current_slides(path):
     decisions = plan(nb)
     assert slides.split_at_headings(nbformat.read(path, as_version=4)) is False, (
         f"{path.name}: a heading shares a cell with the text above it; run "
-        f"`python -m course_lib.notebooks slides {path.stem[:2]}`")
+        f"`python -m course_lib.authoring slides {path.stem[:2]}`")
     assert slides.stored_types(nb) == [d.slide_type for d in decisions], (
-        f"{path.name}: run `python -m course_lib.notebooks slides {path.stem[:2]}`")
+        f"{path.name}: run `python -m course_lib.authoring slides {path.stem[:2]}`")
     assert {k: nb.metadata.get("rise", {}).get(k) for k in slides.RISE_SETTINGS} == slides.RISE_SETTINGS
     assert decisions[0] == slides.Decision("slide", TITLE)
     assert decisions[-1] == slides.Decision("slide", RECAP)

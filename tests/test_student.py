@@ -4,8 +4,8 @@ import nbformat
 import pytest
 
 from course_lib.course import NOTEBOOK_DIR
-from course_lib.notebooks import execute
-from course_lib.student import (STUB_MESSAGE, SolutionMarkerError, count_exercises, count_solutions,
+from course_lib.authoring.notebooks import execute
+from course_lib.authoring.student import (STUB_MESSAGE, SolutionMarkerError, count_exercises, count_solutions,
                                 strip_solutions, student_notebook, write_student_edition)
 
 SOLVED = '''def f(x):
@@ -99,7 +99,7 @@ def test_student_edition_runs_top_to_bottom_and_checks_report(path, tmp_path):
 
 # --- No answer before its exercise ------------------------------------------------------------
 
-from course_lib.student import earlier_answers, expression_fingerprints, solution_blocks  # noqa: E402
+from course_lib.authoring.student import earlier_answers, expression_fingerprints, solution_blocks  # noqa: E402
 
 EXERCISE = '''def attend(q, k, v):
     ### BEGIN SOLUTION

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.notebooks import resolve
+from course_lib.authoring.notebooks import resolve
 from lab import (CHROMIUM_FLAGS, SECOND_PATH_NOTEBOOKS, TIMINGS, VIEWPORT, LabServer, close_notebooks, find_chromium,
                  stage_notebooks)
 

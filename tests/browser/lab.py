@@ -37,9 +37,9 @@ import nbformat
 
 from course_lib.checks.core import _ICONS
 from course_lib.course import NOTEBOOKS
-from course_lib.student import count_exercises, count_solutions, student_notebook
+from course_lib.authoring.student import count_exercises, count_solutions, student_notebook
 
-from course_lib.notebooks import KERNEL_ENV, resolve, second_kernel_path
+from course_lib.authoring.notebooks import KERNEL_ENV, resolve, second_kernel_path
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 STDERR_MIME = "application/vnd.jupyter.stderr"  # JupyterLab shows both stderr and tracebacks with it
@@ -51,7 +51,7 @@ CHROMIUM_FLAGS = (
 )
 VIEWPORT = {"width": 1400, "height": 1000}
 # The notebooks that train or sample run in a kernel of their own: the same Python, on the second
-# kernel path (course_lib.notebooks.second_kernel_path). Their outputs are compared with the stored ones.
+# kernel path (course_lib.authoring.notebooks.second_kernel_path). Their outputs are compared with the stored ones.
 SECOND_PATH_NOTEBOOKS = {nb.filename: second_kernel_path(nb) for nb in NOTEBOOKS if nb.amplifies_rounding}
 
 

@@ -6,7 +6,7 @@ an error or a warning, every cell must have run, every widget the committed note
 be drawn (not "Loading widget..." or "Error displaying widget"), every figure must be there, and
 every check of a student edition must say "not done yet". The notebooks that train or sample
 (``amplifies_rounding`` on the course map) run in a kernel on the second kernel path
-(``course_lib.notebooks.second_kernel_path``); they are saved from the page and each cell's outputs
+(``course_lib.authoring.notebooks.second_kernel_path``); they are saved from the page and each cell's outputs
 must equal the stored ones, compared as strict nbval compares them (tests/test_second_kernel_path.py
 says why).
 A screenshot of the top of each notebook, and of its first widget, goes to artifacts/browser/.

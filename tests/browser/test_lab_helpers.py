@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib.notebooks import SECOND_KERNEL_PATH
+from course_lib.authoring.notebooks import SECOND_KERNEL_PATH
 from lab import (NOT_DONE, SANITIZE_FILE, SECOND_PATH_NOTEBOOKS, STDERR_MIME, WIDGET_MIME,
                  LabServer, check_reports, committed_cells, exercises, notebook_title, output_differences,
                  problems, run_has_started, second_path_kernel, selected_notebooks, slideshow_figures,

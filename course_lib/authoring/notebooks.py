@@ -1,11 +1,11 @@
 """Run, check and publish the course notebooks.
 
-    python -m course_lib.notebooks list              the series and which notebooks exist
-    python -m course_lib.notebooks run [NAME ...]    execute and store outputs (all when no NAME)
-    python -m course_lib.notebooks check [NAME ...]  stored outputs: no errors, all run, in order
-    python -m course_lib.notebooks student [--out DIR] [NAME ...]   write the student edition
-    python -m course_lib.notebooks slides [--outline] [NAME ...]    set the cells' slide types
-    python -m course_lib.notebooks hosted [NAME ...]   put the install cell first (hosted services)
+    python -m course_lib.authoring list              the series and which notebooks exist
+    python -m course_lib.authoring run [NAME ...]    execute and store outputs (all when no NAME)
+    python -m course_lib.authoring check [NAME ...]  stored outputs: no errors, all run, in order
+    python -m course_lib.authoring student [--out DIR] [NAME ...]   write the student edition
+    python -m course_lib.authoring slides [--outline] [NAME ...]    set the cells' slide types
+    python -m course_lib.authoring hosted [NAME ...]   put the install cell first (hosted services)
 
 ``run`` executes a notebook the way the test suite's nbval does: a kernel from this
 Python environment, started in the notebook's folder, with ``COURSE_DEVICE=cpu`` (so the
@@ -146,7 +146,7 @@ def run_notebook(path: Path, timeout: int = 900) -> list[str]:
 
     The install cell is put first before executing, and the slide types are set afterwards.
     """
-    from course_lib import hosted, slides
+    from course_lib.authoring import hosted, slides
 
     nb = nbformat.read(path, as_version=4)
     hosted.ensure_install_cell(nb)
@@ -171,7 +171,7 @@ def update_notebook(path: Path, change) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.notebooks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_lib.authoring", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the series and which notebooks exist")
@@ -198,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     paths = resolve(args.names)
     if args.command == "student":
-        from course_lib.student import write_student_edition
+        from course_lib.authoring.student import write_student_edition
 
         for path in write_student_edition(paths, args.out):
             print(f"wrote {path}")
         return 0
     if args.command in ("slides", "hosted"):
-        from course_lib import hosted, slides
+        from course_lib.authoring import hosted, slides
 
         for path in paths:
             if args.command == "slides" and args.outline:

@@ -7,7 +7,7 @@ finds the repository's ``data/`` folder, the trained model included) and makes i
 in the running kernel, without a restart. Where ``course_lib`` is installed already (locally,
 in CI) the cell prints nothing and returns at once, so the stored outputs stay empty.
 
-``python -m course_lib.notebooks hosted`` puts the cell into every notebook with
+``python -m course_lib.authoring hosted`` puts the cell into every notebook with
 :func:`ensure_install_cell`; ``run`` does the same before executing a notebook.
 """
 from __future__ import annotations

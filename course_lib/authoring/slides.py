@@ -7,7 +7,7 @@ next key press, ``"-"`` continues the current slide, ``"skip"`` is never shown a
 ``"notes"`` goes to the speaker notes. :func:`plan` chooses that field for every cell; the
 first rule that fits decides:
 
-1. the hosted-install cell (see :mod:`course_lib.hosted`) is skipped;
+1. the hosted-install cell (see :mod:`course_lib.authoring.hosted`) is skipped;
 2. the first cell shown, the notebook's title, opens the title slide;
 3. a markdown cell with a ``#`` or ``##`` heading starts a slide: one per section, and the
    ``## Summary`` cell is the recap slide;
@@ -29,7 +29,7 @@ first rule that fits decides:
 figure. :func:`apply` changes only metadata: sources and outputs stay exactly as they are, so
 the stored outputs (and nbval) are unaffected. So that a section never starts in the middle of
 a slide, :func:`split_at_headings` first gives every heading a markdown cell of its own (the
-text is unchanged, and code cells are untouched). ``python -m course_lib.notebooks slides``
+text is unchanged, and code cells are untouched). ``python -m course_lib.authoring slides``
 does both to the notebooks; ``run`` splits before executing and applies the rules after.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import nbformat
 
-from course_lib.hosted import is_install_cell
-from course_lib.student import BEGIN
+from course_lib.authoring.hosted import is_install_cell
+from course_lib.authoring.student import BEGIN
 
 SLIDE_TYPES = ("slide", "subslide", "fragment", "-", "skip", "notes")
 
@@ -254,7 +254,7 @@ def apply(nb: nbformat.NotebookNode) -> bool:
 
 
 def split_and_apply(nb: nbformat.NotebookNode) -> bool:
-    """:func:`split_at_headings`, then :func:`apply`: what ``python -m course_lib.notebooks slides`` does."""
+    """:func:`split_at_headings`, then :func:`apply`: what ``python -m course_lib.authoring slides`` does."""
     split = split_at_headings(nb)
     return apply(nb) or split
 
