@@ -202,7 +202,7 @@ class IncrementalDecoder:
         check_shape(tokens, "B", name="tokens", dtype="int", B=cache.batch_size)
         tokens = tokens.to(self.memory.device)
         self.model.check_ids(tokens, "tokens", self.model.tgt_embed)
-        with eval_mode(self.model) if self.model.training else contextlib.nullcontext():
+        with eval_mode(self.model):
             return self.model.decode(tokens[:, None], self.memory, self.src_mask, cache)[:, 0]  # (B, n_vocab)
 
     def reorder(self, indices: torch.Tensor) -> None:

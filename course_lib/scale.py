@@ -525,14 +525,12 @@ def decode_step_times(model, src: torch.Tensor, tokens: torch.Tensor, repeats: i
     Returns:
         ``(without, with_cache)``: two lists of T seconds.
     """
-    from course_lib.decoding import IncrementalDecoder
+    from course_lib.decoding import IncrementalDecoder, eval_mode
 
     sizes = check_shape(src, "B S", name="src", dtype="int")
     check_shape(tokens, "B T", name="tokens", dtype="int", B=sizes["B"])
     check_int(repeats, "repeats", minimum=1)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         memory, src_mask = model.encode(src)
         T = tokens.shape[1]
         without = [math.inf] * T
@@ -547,8 +545,6 @@ def decode_step_times(model, src: torch.Tensor, tokens: torch.Tensor, repeats: i
                 start = time.perf_counter()
                 decoder.step(tokens[:, t])
                 cached[t] = min(cached[t], time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     return without, cached
 
 

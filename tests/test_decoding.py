@@ -648,3 +648,18 @@ def test_plot_beams_draws_the_hypotheses_and_the_map():
         plot_beams([], weights, ["ein", "Hund", "rennt", "."], ["a", "dog", "runs"])
     with pytest.raises(ValueError, match="weights"):
         plot_beams(hypotheses, weights[None], ["ein", "Hund", "rennt", "."], ["a", "dog", "runs"])
+
+
+def test_eval_mode_switches_dropout_off_and_gives_every_module_its_own_mode_back():
+    from course_lib.decoding import eval_mode
+
+    model = _model(dropout=0.5).train()
+    model.transformer.encoder_layers[0].eval()  # a mixed model: one submodule already in eval mode
+    before = {name: m.training for name, m in model.named_modules()}
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with eval_mode(model):
+            raise RuntimeError("inside")
+    assert {name: m.training for name, m in model.named_modules()} == before  # given back after an error too
