@@ -91,7 +91,8 @@ def never_generated(logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=None) -> list[list[int]]:
+def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=None,
+             prefix: torch.Tensor | None = None) -> list[list[int]]:
     """The token-by-token loop shared by greedy search and sampling, for any way of computing logits.
 
     Args:
@@ -101,13 +102,22 @@ def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=N
             (see :func:`output_budget`); a sentence that reaches its own limit stops there.
         choose: ``(B, n_vocab)`` logits with PAD and BOS at ``-inf`` -> ``(B,)`` next tokens
             (argmax for greedy search).
+        prefix: ``(B, P)`` ids that every row starts from (BOS first, no padding), e.g. a prompt for
+            a decoder-only model (notebook 13); None starts from BOS alone.
 
     Returns:
-        One id list per sentence, without BOS, cut after the first EOS.
+        One id list per sentence, without BOS (or the prefix), cut after the first EOS.
     """
     limits = [max_len] * batch_size if isinstance(max_len, Integral) else list(max_len)
     limit = torch.tensor(limits, dtype=torch.long, device=device).reshape(batch_size)  # (B,)
-    out = torch.full((batch_size, 1), BOS_ID, dtype=torch.long, device=device)
+    if prefix is None:
+        out = torch.full((batch_size, 1), BOS_ID, dtype=torch.long, device=device)
+    else:
+        check_shape(prefix, "B P", name="prefix", dtype="int", B=batch_size)
+        if prefix.shape[1] == 0:
+            raise ValueError("prefix has no tokens: it starts with BOS")
+        out = prefix.to(device)
+    start = out.shape[1]
     done = limit <= 0
     for step in range(max(limits, default=0)):
         if bool(done.all()):
@@ -116,7 +126,7 @@ def generate(next_logits: NextLogits, batch_size: int, max_len, choose, device=N
         next_token = choose(logits).masked_fill(done, PAD_ID)  # finished sentences get padding
         out = torch.cat([out, next_token[:, None]], dim=1)
         done |= (next_token == EOS_ID) | (limit <= step + 1)
-    return [_strip(row) for row in out[:, 1:].tolist()]
+    return [_strip(row) for row in out[:, start:].tolist()]
 
 
 @contextlib.contextmanager

@@ -141,6 +141,19 @@ class Transformer(nn.Module):
         return self
 
 
+def check_token_ids(ids: torch.Tensor, embedding: nn.Embedding, name: str = "ids") -> None:
+    """Token ids must lie in ``embedding``'s vocabulary and on its device: a clear error, not torch's IndexError."""
+    weight = embedding.weight
+    if ids.device != weight.device:
+        raise ValueError(f"{name} is on {ids.device} but the model is on {weight.device}: "
+                         f"use {name}.to({str(weight.device)!r})")
+    if ids.numel():
+        low, high, n_vocab = int(ids.min()), int(ids.max()), embedding.num_embeddings
+        if low < 0 or high >= n_vocab:
+            raise ValueError(f"{name}: token ids must lie in 0..{n_vocab - 1} (the vocabulary has {n_vocab} entries), got ids "
+                             f"from {low} to {high}: were they made by another tokenizer?")
+
+
 def shift_right(tgt: torch.Tensor, bos_id: int) -> torch.Tensor:
     """Teacher forcing's decoder input: ``[BOS, y_0, ..., y_{T-2}]`` for targets ``(B, T)`` of token ids."""
     check_shape(tgt, "B T", name="tgt", dtype="int")
@@ -186,16 +199,8 @@ class Seq2SeqTransformer(nn.Module):
         return self.dropout(self.positions(embedding(tokens) * math.sqrt(self.d_model), start))
 
     def check_ids(self, ids: torch.Tensor, name: str, embedding: nn.Embedding) -> None:
-        """Token ids must lie in the vocabulary and on the model's device (else a clear error, not torch's IndexError)."""
-        weight = embedding.weight
-        if ids.device != weight.device:
-            raise ValueError(f"{name} is on {ids.device} but the model is on {weight.device}: "
-                             f"use {name}.to({str(weight.device)!r})")
-        if ids.numel():
-            low, high, n_vocab = int(ids.min()), int(ids.max()), embedding.num_embeddings
-            if low < 0 or high >= n_vocab:
-                raise ValueError(f"{name}: token ids must lie in 0..{n_vocab - 1} (the vocabulary has {n_vocab} entries), got ids "
-                                 f"from {low} to {high}: were they made by another tokenizer?")
+        """Token ids must lie in the vocabulary and on the model's device (:func:`check_token_ids`)."""
+        check_token_ids(ids, embedding, name)
 
     def source_mask(self, src: torch.Tensor) -> torch.Tensor:
         """(B, S) ids -> (B, 1, 1, S) bool, True at real tokens."""

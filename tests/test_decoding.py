@@ -663,3 +663,25 @@ def test_eval_mode_switches_dropout_off_and_gives_every_module_its_own_mode_back
         with eval_mode(model):
             raise RuntimeError("inside")
     assert {name: m.training for name, m in model.named_modules()} == before  # given back after an error too
+
+
+def test_generate_continues_a_prefix_and_returns_only_the_new_tokens():
+    from course_lib.decoding import generate
+
+    seen = []
+
+    def next_logits(out):  # (B, t) -> (B, 8): the next token is the last one + 1, EOS after 6
+        seen.append(out.shape[1])
+        logits = torch.full((out.shape[0], 8), -5.0)
+        nxt = torch.where(out[:, -1] >= 6, EOS_ID, out[:, -1] + 1)
+        logits[torch.arange(out.shape[0]), nxt] = 5.0
+        return logits
+
+    prefix = torch.tensor([[BOS_ID, 4], [BOS_ID, 5]])
+    out = generate(next_logits, 2, 5, lambda logits: logits.argmax(dim=-1), prefix=prefix)
+    assert out == [[5, 6, EOS_ID], [6, EOS_ID]]
+    assert seen[0] == 2  # the first call sees the whole prefix
+    with pytest.raises(ValueError, match="prefix"):
+        generate(next_logits, 2, 5, lambda logits: logits.argmax(dim=-1), prefix=torch.tensor([[BOS_ID]]))
+    with pytest.raises(ValueError, match="no tokens"):
+        generate(next_logits, 1, 5, lambda logits: logits.argmax(dim=-1), prefix=torch.zeros(1, 0, dtype=torch.long))

@@ -171,3 +171,15 @@ def test_separate_embeddings_are_seeded_in_a_fixed_order():
     torch.manual_seed(0)
     b = Seq2SeqTransformer(20, 30, d_model=16, h=2, num_encoder_layers=1, num_decoder_layers=1, d_ff=32)
     assert torch.equal(a.src_embed.weight, b.src_embed.weight) and torch.equal(a.tgt_embed.weight, b.tgt_embed.weight)
+
+
+def test_check_token_ids_names_the_vocabulary_and_the_device():
+    from course_lib.transformer import check_token_ids
+
+    embedding = nn.Embedding(10, 4)
+    check_token_ids(torch.tensor([[0, 9]]), embedding)  # in range: no error
+    check_token_ids(torch.zeros(1, 0, dtype=torch.long), embedding)  # nothing to check
+    with pytest.raises(ValueError, match=r"words: token ids must lie in 0..9 .*got ids from 3 to 10"):
+        check_token_ids(torch.tensor([3, 10]), embedding, "words")
+    with pytest.raises(ValueError, match="meta"):
+        check_token_ids(torch.tensor([1], device="meta"), embedding)

@@ -1,0 +1,446 @@
+"""One block, three families: decoder-only (GPT-style) and encoder-only (BERT-style) models (notebook 13).
+
+The translator of notebooks 09-12 has two stacks of blocks joined by cross-attention. Keep one
+stack, drop cross-attention, and two families of models appear. They differ in one mask and in
+what they are trained to predict:
+
+* **decoder-only** (GPT; Radford et al., 2018): a causal mask in every block, trained to predict
+  each next token (:func:`next_token_targets`). It writes text one token at a time
+  (:func:`generate_text`), with the key-value cache of notebook 12.
+* **encoder-only** (BERT; Devlin et al., 2019): no causal mask, so every position sees the whole
+  sentence, trained to recover tokens hidden at random (:func:`mask_tokens`: 15 % of the tokens
+  chosen; of those, 80 % become ``[MASK]``, 10 % a random token, 10 % stay). It does not write
+  left to right, but it reads every word with both of its sides.
+
+:class:`LanguageModel` is both: token embeddings plus learned positions, a stack of pre-LN
+:class:`~course_lib.blocks.EncoderBlock` s (the course's block, unchanged), a final layer norm and
+an output layer that shares the token embedding matrix; ``causal=True`` or ``False`` picks the
+family. Token ids are the course's tokenizer's (notebook 10) with two more after them, ``[MASK]``
+and ``[SEP]`` (:class:`Vocabulary`).
+
+Targets that the loss skips hold :data:`IGNORE` (-100, ``F.cross_entropy``'s ``ignore_index``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.batching import Example, token_budget_batches
+from course_lib.blocks import EncoderBlock
+from course_lib.decoding import eval_mode, generate, sample_next_token
+from course_lib.kv_cache import KVCache
+from course_lib.masking import causal_mask, pad_sequences
+from course_lib.positional import LearnedPositionalEmbedding
+from course_lib.shapes import check_int, check_shape
+from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from course_lib.train import learning_rate
+from course_lib.transformer import check_token_ids
+
+#: The target value that the loss skips (padding, and the unchosen positions of a masked language model).
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The ids of a language model: the tokenizer's ``0 .. tokenizer_size - 1``, then ``[MASK]`` and ``[SEP]``.
+
+    ``size`` is what the embedding needs. Word ids (the ones a random replacement draws from) are
+    ``first_word_id .. tokenizer_size - 1``: after PAD, BOS, EOS and UNK.
+    """
+
+    tokenizer_size: int
+
+    def __post_init__(self):
+        check_int(self.tokenizer_size, "tokenizer_size", UNK_ID + 2)
+
+    @property
+    def mask_id(self) -> int:
+        return self.tokenizer_size
+
+    @property
+    def sep_id(self) -> int:
+        return self.tokenizer_size + 1
+
+    @property
+    def size(self) -> int:
+        return self.tokenizer_size + 2
+
+    first_word_id = UNK_ID + 1
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """Ids that are never chosen for masking: PAD, BOS, EOS, [MASK], [SEP]."""
+        return (PAD_ID, BOS_ID, EOS_ID, self.mask_id, self.sep_id)
+
+    @classmethod
+    def of(cls, tokenizer) -> "Vocabulary":
+        """The vocabulary of a course :class:`~course_lib.tokenizer.Tokenizer` (its ``vocab_size`` plus two)."""
+        return cls(int(tokenizer.vocab_size))
+
+
+class LanguageModel(nn.Module):
+    """A stack of the course's encoder blocks over token ids: GPT-style with ``causal=True``, BERT-style without.
+
+    ``forward(ids (B, T), cache=None) -> logits (B, T, vocab_size)``. Padding (``pad_id``) is never
+    attended to; with ``causal=True`` position i also sees only positions <= i. Learned positions
+    (GPT and BERT both learn theirs) limit T to ``max_len``. The output layer shares the token
+    embedding matrix (tied weights), so a token's vector is both what goes in and what comes out.
+
+    With ``causal=True`` and a :class:`~course_lib.kv_cache.KVCache` from :meth:`new_cache`, ``ids``
+    holds only the tokens after those fed before (at positions t ... t + T - 1, t = ``cache.length``),
+    and each block appends its keys and values to its cache: generation feeds one new token per
+    step (notebook 12). The cross-attention half of each layer's cache stays empty: there is no
+    source.
+
+    Attributes:
+        attention_weights: after a forward pass, one (B, h, T, t + T) tensor per block.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 128, h: int = 4, num_layers: int = 2, d_ff: int = 512,
+                 dropout: float = 0.1, max_len: int = 64, causal: bool = True, pad_id: int = PAD_ID,
+                 activation: str = "gelu"):
+        super().__init__()
+        if not isinstance(causal, bool):
+            raise TypeError(f"causal must be True (decoder-only, GPT-style) or False (encoder-only, BERT-style), "
+                            f"got {causal!r}")
+        check_int(num_layers, "num_layers", 1)
+        self.causal, self.pad_id, self.d_model = causal, pad_id, check_int(d_model, "d_model", 1)
+        self.embed = nn.Embedding(check_int(vocab_size, "vocab_size", 1), d_model)
+        self.positions = LearnedPositionalEmbedding(max_len, d_model)
+        for table in (self.embed, self.positions.table):
+            nn.init.normal_(table.weight, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(d_model, h, d_ff, dropout, activation, norm_first=True)
+                                    for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.out = nn.Linear(d_model, vocab_size, bias=False)
+        self.out.weight = self.embed.weight  # tied: one matrix embeds and unembeds
+
+    @property
+    def max_len(self) -> int:
+        return self.positions.max_len
+
+    @property
+    def family(self) -> str:
+        return "decoder-only (GPT-style)" if self.causal else "encoder-only (BERT-style)"
+
+    def attention_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> the blocks' mask: (B, 1, T, T) causal and not padding, or (B, 1, 1, T) not padding."""
+        keep = (ids != self.pad_id)[:, None, None, :]  # (B, 1, 1, T)
+        return causal_mask(ids.shape[1], device=ids.device) & keep if self.causal else keep
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty cache for ``batch_size`` rows (decoder-only models only)."""
+        if not self.causal:
+            raise ValueError("an encoder-only (causal=False) model reads the whole sentence at once: every new "
+                             "token would change every earlier position, so there is nothing to cache")
+        return KVCache(len(self.blocks), batch_size, device=self.embed.weight.device)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        check_shape(ids, "B T", name="ids", dtype="int")
+        if ids.shape[1] == 0:
+            raise ValueError(f"ids of shape {tuple(ids.shape)} has no tokens")
+        check_token_ids(ids, self.embed, "ids")
+        if cache is None:
+            start, mask = 0, self.attention_mask(ids)
+        else:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache: expected a KVCache (from model.new_cache), got {type(cache).__name__}")
+            if not self.causal:
+                self.new_cache(0)  # raises: explains why an encoder-only model has no cache
+            check_shape(ids, "B T", name="ids", B=cache.batch_size)
+            start, mask = cache.length, cache.add_positions(ids != self.pad_id)  # (B, 1, T, t + T)
+        x = self.dropout(self.positions(self.embed(ids), start))  # (B, T, d_model)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if cache is None else cache.layers[i].self_attn)
+        return self.out(self.norm(x))  # (B, T, vocab_size)
+
+    @property
+    def attention_weights(self) -> list[torch.Tensor]:
+        return [block.attention_weights for block in self.blocks]
+
+
+# --- what the two families learn from -------------------------------------------------------------
+
+def next_token_targets(ids: torch.Tensor, pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal language model's training pair: predict every token from the ones before it.
+
+    Args:
+        ids: (B, T) right-padded sequences, ``[BOS, w_1, ..., w_n, EOS, PAD, ...]``.
+
+    Returns:
+        ``(inputs, targets)``, both (B, T - 1): ``inputs = ids[:, :-1]``, ``targets = ids[:, 1:]``
+        with padding replaced by :data:`IGNORE`, so position i is trained to predict token i + 1
+        and no position is trained to predict padding.
+    """
+    check_shape(ids, "B T", name="ids", dtype="int")
+    if ids.shape[1] < 2:
+        raise ValueError(f"ids of shape {tuple(ids.shape)}: a next-token target needs at least 2 positions")
+    targets = ids[:, 1:]
+    return ids[:, :-1], targets.masked_fill(targets == pad_id, IGNORE)
+
+
+def _check_generator(generator) -> torch.Generator:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a seeded torch.Generator (the draw must be reproducible), "
+                        f"got {type(generator).__name__}")
+    return generator
+
+
+def mask_tokens(ids: torch.Tensor, vocab: Vocabulary, generator: torch.Generator, rate: float = 0.15,
+                split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple[torch.Tensor, torch.Tensor]:
+    """A masked language model's training pair (BERT's recipe).
+
+    In each row, ``max(1, round(rate * n))`` of its n maskable tokens (not PAD, BOS, EOS, [MASK] or
+    [SEP]) are chosen at random, as BERT's data code does. Of the chosen, with the probabilities of
+    ``split``: 80 % become ``[MASK]``, 10 % a random word id, 10 % stay as they are, so that the
+    model cannot learn to look only where it sees ``[MASK]``. The loss is taken at the chosen
+    positions only.
+
+    Args:
+        ids: (B, T) token ids. vocab: the model's :class:`Vocabulary`.
+        generator: a seeded ``torch.Generator`` on ``ids``' device: the same seed, the same draw.
+        rate: the fraction of tokens chosen. split: (mask, random, keep) probabilities, adding to 1.
+
+    Returns:
+        ``(inputs, labels)``, both (B, T): the corrupted ids, and the original id at each chosen
+        position with :data:`IGNORE` everywhere else.
+    """
+    check_shape(ids, "B T", name="ids", dtype="int")
+    _check_generator(generator)
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must lie in (0, 1], got {rate!r}")
+    if len(split) != 3 or min(split) < 0 or not math.isclose(sum(split), 1.0):
+        raise ValueError(f"split must be three probabilities (mask, random, keep) adding to 1, got {split!r}")
+    maskable = ~torch.isin(ids, torch.tensor(vocab.special_ids, device=ids.device))  # (B, T)
+    n = maskable.sum(dim=1)  # (B,)
+    k = torch.where(n > 0, torch.clamp((n * rate).round().long(), min=1), 0)  # (B,) how many to choose
+    scores = torch.rand(ids.shape, generator=generator, device=ids.device).masked_fill(~maskable, 2.0)
+    rank = scores.argsort(dim=1).argsort(dim=1)  # (B, T): 0 = the lowest score of the row
+    chosen = rank < k[:, None]
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    random_ids = torch.randint(vocab.first_word_id, vocab.tokenizer_size, ids.shape, generator=generator,
+                               device=ids.device)
+    inputs = torch.where(chosen & (u < split[0]), vocab.mask_id, ids)
+    inputs = torch.where(chosen & (u >= split[0]) & (u < split[0] + split[1]), random_ids, inputs)
+    return inputs, ids.masked_fill(~chosen, IGNORE)
+
+
+def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose target is not :data:`IGNORE`.
+
+    Args:
+        logits: (B, T, vocab_size). targets: (B, T) ids or :data:`IGNORE`.
+    """
+    sizes = check_shape(logits, "B T vocab", name="logits", dtype="float")
+    check_shape(targets, "B T", name="targets", dtype="int", B=sizes["B"], T=sizes["T"])
+    if not bool((targets != IGNORE).any()):
+        raise ValueError("targets: every position is IGNORE, so there is nothing to learn from")
+    return F.cross_entropy(logits.reshape(-1, sizes["vocab"]).float(), targets.reshape(-1), ignore_index=IGNORE)
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def encode_captions(tokenizer, sentences: Sequence[str], max_len: int | None = None) -> list[list[int]]:
+    """Sentences -> ``[BOS, ids..., EOS]`` lists; those longer than ``max_len`` tokens are dropped."""
+    sequences = [[BOS_ID, *ids, EOS_ID] for ids in tokenizer.encode_batch(list(sentences))]
+    return [s for s in sequences if max_len is None or len(s) <= max_len]
+
+
+def sequence_batches(sequences: Sequence[Sequence[int]], max_tokens: int, seed: int = 0,
+                     shuffle: bool = True) -> list[torch.Tensor]:
+    """Right-padded (B, T) batches of similar-length sequences with ``B * T <= max_tokens`` (notebook 10's batching)."""
+    examples = [Example((), tuple(s)) for s in sequences]
+    return [pad_sequences([sequences[i] for i in batch], PAD_ID)
+            for batch in token_budget_batches(examples, max_tokens, shuffle=shuffle, seed=seed)]
+
+
+def training_pair(model: LanguageModel, ids: torch.Tensor, vocab: Vocabulary | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (inputs, targets) a model of its family learns from: next tokens (causal) or masked tokens."""
+    if model.causal:
+        return next_token_targets(ids, model.pad_id)
+    if vocab is None:
+        raise ValueError("an encoder-only model learns from masked tokens: give the Vocabulary (for [MASK])")
+    return mask_tokens(ids, vocab, generator)
+
+
+@dataclass
+class TrainingRun:
+    """What :func:`train_language_model` did: the loss of every update, the tokens predicted, the time."""
+
+    losses: list[float]
+    predicted_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.predicted_tokens / max(self.seconds, 1e-9)
+
+
+def train_language_model(model: LanguageModel, sequences: Sequence[Sequence[int]], steps: int,
+                         vocab: Vocabulary | None = None, max_tokens: int = 2048, lr: float = 2e-3,
+                         warmup_steps: int = 50, weight_decay: float = 0.01, seed: int = 0,
+                         on_step: Callable[[int, float], None] | None = None) -> TrainingRun:
+    """Train ``model`` for ``steps`` updates on ``sequences`` (``[BOS, ..., EOS]`` id lists) with its family's objective.
+
+    AdamW, warm-up then cosine decay (notebook 11's :func:`~course_lib.train.learning_rate`), gradient
+    norm clipped to 1. Batches of at most ``max_tokens`` padded tokens cycle through the data, reshuffled
+    every pass; masking draws from a generator seeded with ``seed``: the same seed, the same run.
+    """
+    steps = check_int(steps, "steps", 1)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, steps, 1.0, warmup_steps))
+    generator = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
+    losses, predicted, started, epoch = [], 0, time.perf_counter(), 0
+    model.train()
+    while len(losses) < steps:
+        for ids in sequence_batches(sequences, max_tokens, seed=seed + epoch):
+            inputs, targets = training_pair(model, ids.to(model.embed.weight.device), vocab, generator)
+            loss = language_model_loss(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.detach()))
+            predicted += int((targets != IGNORE).sum())
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
+            if len(losses) == steps:
+                break
+        epoch += 1
+    model.eval()
+    return TrainingRun(losses, predicted, time.perf_counter() - started)
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def perplexity(model: LanguageModel, sequences: Sequence[Sequence[int]], max_tokens: int = 4096) -> float:
+    """exp(mean next-token cross-entropy) of a causal model over every predicted token (EOS included)."""
+    if not model.causal:
+        raise ValueError("perplexity needs a causal model: an encoder-only model sees the token it would predict")
+    total, count = 0.0, 0
+    with eval_mode(model):
+        for ids in sequence_batches(sequences, max_tokens, shuffle=False):
+            inputs, targets = next_token_targets(ids.to(model.embed.weight.device), model.pad_id)
+            n = int((targets != IGNORE).sum())
+            total += float(language_model_loss(model(inputs), targets)) * n
+            count += n
+    return math.exp(total / count)
+
+
+def choose_blanks(sequences: Sequence[Sequence[int]], vocab: Vocabulary, seed: int = 0) -> list[int]:
+    """One position per sequence to hide in a fill-in-the-blank test: a word, never BOS/EOS/PAD, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = []
+    for i, seq in enumerate(sequences):
+        words = [p for p, token in enumerate(seq) if token not in vocab.special_ids]
+        if not words:
+            raise ValueError(f"sequences[{i}] has no word to hide")
+        positions.append(words[int(torch.randint(len(words), (1,), generator=generator))])
+    return positions
+
+
+@torch.no_grad()
+def blank_logits(model: LanguageModel, ids: torch.Tensor, positions: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
+    """Each family's guess for a hidden token: (B, vocab_size) logits for position ``positions[b]`` of row b.
+
+    The token there becomes ``[MASK]``. An encoder-only model reads the whole row and answers at
+    the position itself; a causal model can only continue the words on the left, so its guess is
+    the next-token prediction one position earlier (it never sees the right side).
+    """
+    sizes = check_shape(ids, "B T", name="ids", dtype="int")
+    check_shape(positions, "B", name="positions", dtype="int", B=sizes["B"])
+    if bool((positions < 1).any()) or bool((positions >= sizes["T"]).any()):
+        raise ValueError(f"positions must lie in 1..{sizes['T'] - 1} (position 0 holds BOS), got {positions.tolist()}")
+    rows = torch.arange(sizes["B"], device=ids.device)
+    hidden = ids.clone()
+    hidden[rows, positions] = vocab.mask_id
+    with eval_mode(model):
+        logits = model(hidden)  # (B, T, vocab_size)
+    at = positions - 1 if model.causal else positions
+    return logits[rows, at]
+
+
+@torch.no_grad()
+def blank_accuracy(model: LanguageModel, sequences: Sequence[Sequence[int]], positions: Sequence[int],
+                   vocab: Vocabulary, batch_size: int = 256) -> float:
+    """The fraction of hidden tokens (one per sequence, at ``positions``) that the model's top guess gets right."""
+    if len(positions) != len(sequences):
+        raise ValueError(f"one position per sequence: got {len(positions)} positions for {len(sequences)} sequences")
+    device, right = model.embed.weight.device, 0
+    for first in range(0, len(sequences), batch_size):
+        ids = pad_sequences(list(sequences[first:first + batch_size]), PAD_ID).to(device)
+        where = torch.tensor(positions[first:first + batch_size], device=device)
+        guess = blank_logits(model, ids, where, vocab).argmax(dim=-1)
+        right += int((guess == ids[torch.arange(len(where), device=device), where]).sum())
+    return right / len(sequences)
+
+
+def encode_blank(tokenizer, vocab: Vocabulary, text: str) -> tuple[list[int], int]:
+    """``"A [MASK] is barking at a cat."`` -> (``[BOS, ..., [MASK], ..., EOS]``, the position of [MASK])."""
+    if text.count("[MASK]") != 1:
+        raise ValueError(f"text must hold exactly one [MASK], got {text!r}")
+    left, right = (part.strip() for part in text.split("[MASK]"))
+    ids = [BOS_ID, *(tokenizer.encode(left) if left else [])]
+    position = len(ids)
+    return [*ids, vocab.mask_id, *(tokenizer.encode(right) if right else []), EOS_ID], position
+
+
+@torch.no_grad()
+def fill_in(model: LanguageModel, tokenizer, vocab: Vocabulary, text: str, k: int = 5) -> list[tuple[str, float]]:
+    """The model's ``k`` most likely pieces for the one ``[MASK]`` in ``text``, with their probabilities."""
+    ids, position = encode_blank(tokenizer, vocab, text)
+    device = model.embed.weight.device
+    logits = blank_logits(model, torch.tensor([ids], device=device), torch.tensor([position], device=device), vocab)
+    probs = torch.softmax(logits[0, :vocab.tokenizer_size].float(), dim=-1)  # only real pieces
+    top = probs.topk(check_int(k, "k", 1))
+    return [(tokenizer.id_to_piece(int(i)), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+# --- writing -----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int = 1, max_new_tokens: int = 30,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  generator: torch.Generator | None = None, cached: bool = True) -> list[list[int]]:
+    """Continue ``prompt`` (ids, BOS first) ``num_samples`` times by sampling (notebook 12's filters).
+
+    With ``cached=True`` the model takes the prompt in one pass and then one new token per step,
+    its blocks keeping the keys and values of the earlier ones; with ``cached=False`` it reads the
+    whole text at every step. The draws are the same for the same generator state. ``top_k=1``
+    gives greedy decoding. Returns one id list per sample: the new tokens, cut after EOS.
+    """
+    if not model.causal:
+        raise ValueError("generate_text needs a decoder-only (causal=True) model")
+    if not isinstance(cached, bool):
+        raise TypeError(f"cached must be True or False, got {cached!r}")
+    device = model.embed.weight.device
+    prompt = torch.as_tensor(list(prompt), dtype=torch.long, device=device)
+    if prompt.numel() == 0 or int(prompt[0]) != BOS_ID:
+        raise ValueError("prompt must start with BOS (encode the text and put BOS_ID before it)")
+    num_samples = check_int(num_samples, "num_samples", 1)
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
+    if prompt.numel() + max_new_tokens > model.max_len:
+        raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                         f"model's max_len ({model.max_len}), the positions it has learned")
+    prefix = prompt.repeat(num_samples, 1)  # (N, P)
+    with eval_mode(model):
+        if cached:
+            cache = model.new_cache(num_samples)
+            next_logits = lambda out: model(out[:, cache.length:], cache)[:, -1]  # noqa: E731 (new tokens only)
+        else:
+            next_logits = lambda out: model(out)[:, -1]  # noqa: E731 (the whole text, every step)
+        choose = lambda logits: sample_next_token(logits, temperature, top_k, top_p, generator)  # noqa: E731
+        return generate(next_logits, num_samples, max_new_tokens, choose, device=device, prefix=prefix)
