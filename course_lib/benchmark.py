@@ -1,4 +1,4 @@
-"""Notebook 13's measurements from the command line; every ratio is measured within the same run.
+"""Notebook 14's measurements from the command line; every ratio is measured within the same run.
 
     python -m course_lib.benchmark attention [--device cuda] [--lengths 256 1024 4096] [--record]
     python -m course_lib.benchmark kv-cache  [--sentences 100] [--beam-size 4]
@@ -7,7 +7,7 @@
 ``attention`` times the course's attention, the block-wise one and every available back-end of
 ``F.scaled_dot_product_attention`` across sequence lengths, prints milliseconds, speed-ups over the
 course's version and each one's scaling exponent; ``--record`` also writes the results to
-``data/benchmarks/attention_<device>.json``, which notebook 13 plots (labelled with the device).
+``data/benchmarks/attention_<device>.json``, which notebook 14 plots (labelled with the device).
 ``kv-cache`` decodes validation sentences with the course's model with and without the key–value
 cache (the outputs must be identical) and prints the speed-up. ``profile`` prints where a forward
 pass of the model spends its time.

@@ -47,7 +47,7 @@ class Notebook:
         return self.path.exists()
 
 
-PARTS = ("Foundations", "Attention", "The architecture", "Translation")
+PARTS = ("Foundations", "Attention", "The architecture", "Translation", "Beyond translation")
 
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook(0, "start_here", "Start here", "notation, set-up, exercises", (), PARTS[0]),
@@ -69,7 +69,9 @@ NOTEBOOKS: tuple[Notebook, ...] = (
              amplifies_rounding=True, second_path_mkl=False),
     Notebook(12, "decoding_and_evaluation", "Decoding and evaluation", "beam search, BLEU", (11,), PARTS[3],
              amplifies_rounding=True, second_path_mkl=False),
-    Notebook(13, "attention_at_scale", "Attention at scale", "cost, memory, KV cache", (12,), PARTS[3]),
+    Notebook(13, "model_families", "Model families", "GPT and BERT from one block", (12,), PARTS[4],
+             amplifies_rounding=True, second_path_mkl=False),
+    Notebook(14, "attention_at_scale", "Attention at scale", "cost, memory, KV cache", (12,), PARTS[4]),
 )
 
 

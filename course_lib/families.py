@@ -22,9 +22,14 @@ Targets that the loss skips hold :data:`IGNORE` (-100, ``F.cross_entropy``'s ``i
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -34,12 +39,13 @@ from torch import nn
 from course_lib.batching import Example, token_budget_batches
 from course_lib.blocks import EncoderBlock
 from course_lib.decoding import eval_mode, generate, sample_next_token
+from course_lib.files import write_atomically
 from course_lib.kv_cache import KVCache
 from course_lib.masking import causal_mask, pad_sequences
 from course_lib.positional import LearnedPositionalEmbedding
 from course_lib.shapes import check_int, check_shape
-from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from course_lib.train import learning_rate
+from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer
+from course_lib.train import hardware_description, learning_rate, save_atomically, sha256_file
 from course_lib.transformer import check_token_ids
 
 #: The target value that the loss skips (padding, and the unchosen positions of a masked language model).
@@ -106,6 +112,9 @@ class LanguageModel(nn.Module):
                  dropout: float = 0.1, max_len: int = 64, causal: bool = True, pad_id: int = PAD_ID,
                  activation: str = "gelu"):
         super().__init__()
+        #: the constructor's arguments: ``LanguageModel(**model.config)`` builds the same model
+        self.config = dict(vocab_size=vocab_size, d_model=d_model, h=h, num_layers=num_layers, d_ff=d_ff,
+                           dropout=dropout, max_len=max_len, causal=causal, pad_id=pad_id, activation=activation)
         if not isinstance(causal, bool):
             raise TypeError(f"causal must be True (decoder-only, GPT-style) or False (encoder-only, BERT-style), "
                             f"got {causal!r}")
@@ -143,6 +152,14 @@ class LanguageModel(nn.Module):
         return KVCache(len(self.blocks), batch_size, device=self.embed.weight.device)
 
     def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        return self.out(self.features(ids, cache))  # (B, T, vocab_size)
+
+    def features(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """What the output layer reads: (B, T) ids -> (B, T, d_model), after the blocks and the final norm.
+
+        Training a masked model unembeds only the chosen positions, ``model.out(features[chosen])``:
+        the same logits there, for about a seventh of the output layer's work.
+        """
         check_shape(ids, "B T", name="ids", dtype="int")
         if ids.shape[1] == 0:
             raise ValueError(f"ids of shape {tuple(ids.shape)} has no tokens")
@@ -159,7 +176,7 @@ class LanguageModel(nn.Module):
         x = self.dropout(self.positions(self.embed(ids), start))  # (B, T, d_model)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if cache is None else cache.layers[i].self_attn)
-        return self.out(self.norm(x))  # (B, T, vocab_size)
+        return self.norm(x)
 
     @property
     def attention_weights(self) -> list[torch.Tensor]:
@@ -245,6 +262,19 @@ def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits.reshape(-1, sizes["vocab"]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
+def predicted_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """:func:`language_model_loss` of ``model(inputs)``, unembedding only the positions with a target.
+
+    The same value (to float rounding) for less work: a masked model predicts 15 % of its
+    positions, and the output layer, ``d_model x vocab_size``, is the largest matrix of a small model.
+    """
+    check_shape(targets, "B T", name="targets", dtype="int", B=inputs.shape[0], T=inputs.shape[1])
+    keep = targets != IGNORE  # (B, T)
+    if not bool(keep.any()):
+        raise ValueError("targets: every position is IGNORE, so there is nothing to learn from")
+    return F.cross_entropy(model.out(model.features(inputs)[keep]).float(), targets[keep])
+
+
 # --- training --------------------------------------------------------------------------------------
 
 def encode_captions(tokenizer, sentences: Sequence[str], max_len: int | None = None) -> list[list[int]]:
@@ -306,7 +336,7 @@ def train_language_model(model: LanguageModel, sequences: Sequence[Sequence[int]
     while len(losses) < steps:
         for ids in sequence_batches(sequences, max_tokens, seed=seed + epoch):
             inputs, targets = training_pair(model, ids.to(model.embed.weight.device), vocab, generator)
-            loss = language_model_loss(model(inputs), targets)
+            loss = predicted_loss(model, inputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -444,3 +474,110 @@ def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int 
             next_logits = lambda out: model(out)[:, -1]  # noqa: E731 (the whole text, every step)
         choose = lambda logits: sample_next_token(logits, temperature, top_k, top_p, generator)  # noqa: E731
         return generate(next_logits, num_samples, max_new_tokens, choose, device=device, prefix=prefix)
+
+
+# --- the shipped pair: trained from the command line ------------------------------------------------
+
+#: Where the course's trained language models live (committed): one folder per family.
+PRETRAINED_ROOT = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+FAMILY_FOLDERS = {"gpt": "multi30k_en_gpt", "bert": "multi30k_en_bert"}
+#: The size of the English tokenizer of the language models (notebook 13): a small output layer.
+ENGLISH_VOCAB_SIZE = 2000
+#: The shipped pair's settings, the same for both families, so that they differ only in mask and objective.
+PAIR_SIZES = dict(d_model=128, h=4, num_layers=2, d_ff=512, dropout=0.1, max_len=48)
+PAIR_TRAINING = dict(steps=1500, max_tokens=4096, lr=1e-3, warmup_steps=100, seed=0)
+
+
+def english_captions(split: str, tokenizer, max_len: int = PAIR_SIZES["max_len"]) -> list[list[int]]:
+    """The English side of a Multi30k split as ``[BOS, ..., EOS]`` id lists of at most ``max_len`` tokens."""
+    from course_lib.data import load_split
+
+    return encode_captions(tokenizer, [en for _, en in load_split(split)], max_len)
+
+
+def export_language_model(model: LanguageModel, tokenizer, out_dir: str | os.PathLike, provenance: dict) -> Path:
+    """Write ``model.pt`` (fp16 weights + config), ``tokenizer.model`` and ``provenance.json`` (with SHA-256s)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {name: (t.detach().half() if t.is_floating_point() else t.detach()).cpu()
+               for name, t in model.state_dict().items() if name != "out.weight"}  # tied: stored once
+    save_atomically({"format": "course_lib.language_model/1", "config": model.config, "weights": weights},
+                    out / "model.pt")
+    tokenizer.save(out / "tokenizer.model")
+    record = dict(provenance)
+    record["files"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
+                       for name in ("model.pt", "tokenizer.model")}
+    text = json.dumps(record, indent=2) + "\n"
+    write_atomically(out / "provenance.json", lambda tmp: Path(tmp).write_text(text))
+    return out
+
+
+def load_language_model(family: str = "gpt", folder: str | os.PathLike | None = None, device="cpu"):
+    """A shipped language model: ``(model in eval mode, tokenizer, provenance dict)``.
+
+    ``family`` is ``"gpt"`` or ``"bert"`` (the folders under ``data/pretrained/``), or give ``folder``.
+    Every file is checked against the SHA-256 that ``provenance.json`` records before it is read.
+    """
+    if folder is None:
+        if family not in FAMILY_FOLDERS:
+            raise ValueError(f"family must be one of {sorted(FAMILY_FOLDERS)}, got {family!r}")
+        folder = PRETRAINED_ROOT / FAMILY_FOLDERS[family]
+    folder = Path(folder)
+    if not (folder / "provenance.json").is_file():
+        raise FileNotFoundError(f"no trained language model at {folder} (expected provenance.json, model.pt, "
+                                "tokenizer.model)")
+    provenance = json.loads((folder / "provenance.json").read_text())
+    for name, info in provenance["files"].items():
+        actual = sha256_file(folder / name)
+        if actual != info["sha256"]:
+            raise ValueError(f"{folder / name} has SHA-256 {actual}, provenance.json records {info['sha256']}; "
+                             "the file is damaged or was replaced: restore it with git checkout")
+    saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    model = LanguageModel(**saved["config"])
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in saved["weights"].items()}, strict=False)
+    if set(missing) - {"out.weight"} or unexpected:
+        raise ValueError(f"{folder / 'model.pt'} does not fit a LanguageModel: missing {missing}, unexpected {unexpected}")
+    return model.to(device).eval(), Tokenizer.from_file(folder / "tokenizer.model"), provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_lib.families --family gpt --export data/pretrained/multi30k_en_gpt``: train and ship one."""
+    parser = argparse.ArgumentParser(prog="python -m course_lib.families", description=main.__doc__)
+    parser.add_argument("--family", choices=sorted(FAMILY_FOLDERS), required=True)
+    parser.add_argument("--steps", type=int, default=PAIR_TRAINING["steps"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--export", required=True, help="the folder to write the model, tokenizer and provenance to")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer(ENGLISH_VOCAB_SIZE, languages=("en",))
+    vocab = Vocabulary.of(tokenizer)
+    train, val = english_captions("train", tokenizer), english_captions("val", tokenizer)
+    torch.manual_seed(PAIR_TRAINING["seed"])
+    model = LanguageModel(vocab.size, causal=args.family == "gpt", **PAIR_SIZES)
+    training = dict(PAIR_TRAINING, steps=args.steps)
+    run = train_language_model(model, train, vocab=vocab, **training,
+                               on_step=lambda i, loss: print(f"step {i:5d}  loss {loss:.3f}", flush=True)
+                               if i % 100 == 0 else None)
+    blanks = choose_blanks(val, vocab, seed=0)
+    scores = {"val_blank_accuracy": blank_accuracy(model, val, blanks, vocab)}
+    if model.causal:
+        scores["val_perplexity"] = perplexity(model, val)
+    print(run.seconds, scores)
+    provenance = {
+        "command": "python -m course_lib.families " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "family": model.family, "sizes": PAIR_SIZES, "training": training,
+        "tokenizer": {"vocab_size": ENGLISH_VOCAB_SIZE, "languages": ["en"], "sha256": tokenizer.sha256},
+        "data": {"train_sequences": len(train), "val_sequences": len(val),
+                 "blanks": "one word per validation caption, choose_blanks(seed=0)"},
+        "hardware": hardware_description(torch.device("cpu")), "torch": torch.__version__,
+        "train_seconds": round(run.seconds, 1), "predicted_tokens_per_second": round(run.tokens_per_second),
+        "final_train_loss": sum(run.losses[-50:]) / len(run.losses[-50:]), **scores,
+    }
+    export_language_model(model, tokenizer, args.export, provenance)
+    print(f"written to {args.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

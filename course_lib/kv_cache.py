@@ -19,7 +19,7 @@ positions:
     per decoder layer:  self-attention keys, values  (B, h, t, d_k)   one position more per step
                         cross-attention keys, values (B, h, S, d_k)   computed at the first step
 
-:func:`kv_cache_bytes` gives a full cache's size from the model's sizes (notebooks 12 and 13).
+:func:`kv_cache_bytes` gives a full cache's size from the model's sizes (notebooks 12 and 14).
 :class:`course_lib.decoding.IncrementalDecoder` drives a model one token at a time with a cache.
 """
 from __future__ import annotations

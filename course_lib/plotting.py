@@ -5,6 +5,8 @@ import io
 
 import matplotlib
 
+from course_lib.course import PARTS
+
 # Okabe–Ito colours: distinguishable with the common forms of colour blindness.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 
@@ -36,12 +38,12 @@ def figure_to_png(fig, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-_PART_COLOURS = dict(zip(("Foundations", "Attention", "The architecture", "Translation"), PALETTE))
+_PART_COLOURS = dict(zip(PARTS, PALETTE))
 _MAP_STEP, _MAP_ROW, _MAP_W, _MAP_H = 4.2, 2.9, 3.9, 1.45
 
 
 def course_map_layout() -> dict[int, tuple[float, float]]:
-    """Box centres for the course map: a snake of two rows, 00-06 left to right, 07-13 back."""
+    """Box centres for the course map: a snake of two rows, the first half left to right, the rest back."""
     from course_lib.course import NOTEBOOKS
 
     per_row = (len(NOTEBOOKS) + 1) // 2
@@ -84,7 +86,7 @@ def plot_course_map(ax=None):
     from course_lib.diagrams import _box  # the course's box, as in every diagram
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(15, 5.8))
+        _, ax = plt.subplots(figsize=(16, 5.4))
     pos = course_map_layout()
     w, h = _MAP_W, _MAP_H
     for nb in NOTEBOOKS:
@@ -108,6 +110,6 @@ def plot_course_map(ax=None):
     ax.set_aspect("equal")
     ax.axis("off")
     ax.legend(handles=[Patch(facecolor=c, alpha=0.4, edgecolor=c, label=p) for p, c in _PART_COLOURS.items()],
-              loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.2), fontsize=10)
+              loc="lower center", ncol=len(_PART_COLOURS), bbox_to_anchor=(0.5, -0.2), fontsize=10)
     ax.set_title("The course map: an arrow A → B means read A before B", fontsize=12)
     return ax

@@ -1,4 +1,4 @@
-"""Attention at scale (notebook 13): what attention costs, how to measure it, and how to avoid the T × T matrix.
+"""Attention at scale (notebook 14): what attention costs, how to measure it, and how to avoid the T × T matrix.
 
 - Counting: :func:`attention_flops`, :func:`projection_flops`, :func:`feed_forward_flops`,
   :func:`attention_matrix_bytes`.
@@ -357,7 +357,7 @@ def device_label(device: torch.device | str) -> str:
     return f"CPU, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''}"
 
 
-#: Where ``python -m course_lib.benchmark attention --record`` stores measurements (notebook 13 plots them).
+#: Where ``python -m course_lib.benchmark attention --record`` stores measurements (notebook 14 plots them).
 RECORDED_DIR = Path(__file__).resolve().parent.parent / "data" / "benchmarks"
 
 

@@ -323,19 +323,30 @@ def _corpus_digest(sentences: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+#: The sides of a Multi30k pair, in their order: German source, English target.
+LANGUAGES = ("de", "en")
+
+
 def load_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir: str | os.PathLike | None = None,
-                   verbose: bool = False) -> Tokenizer:
+                   verbose: bool = False, languages: Sequence[str] = LANGUAGES) -> Tokenizer:
     """The course's shared German+English tokenizer, trained on Multi30k ``train`` and cached.
 
-    The cache file's name holds the vocabulary size and a digest of the training text, so a
-    different corpus or size never picks up a stale model. Training takes about 10 s on 2 cores.
+    ``languages=("en",)`` trains on the English side only (the language models of notebook 13,
+    whose smaller vocabulary makes their output layer cheaper). The cache file's name holds the
+    languages, the vocabulary size and a digest of the training text, so a different corpus or size
+    never picks up a stale model. Training takes about 10 s on 2 cores.
     """
     from course_lib.data import load_split  # here, so the BPE half needs no data module
 
+    languages = tuple(languages)
+    if not languages or any(lang not in LANGUAGES for lang in languages) or len(set(languages)) != len(languages):
+        raise ValueError(f"languages must name some of {LANGUAGES} once each, got {languages!r}")
     pairs = load_split("train")
-    sentences = [s for pair in pairs for s in pair]
+    sides = [LANGUAGES.index(lang) for lang in LANGUAGES if lang in languages]
+    sentences = [pair[i] for pair in pairs for i in sides]
     folder = Path(cache_dir) if cache_dir is not None else TOKENIZER_CACHE
-    path = folder / f"multi30k_bpe{vocab_size}_{_corpus_digest(sentences)[:12]}.model"
+    prefix = "multi30k" if len(sides) == 2 else f"multi30k_{languages[0]}"
+    path = folder / f"{prefix}_bpe{vocab_size}_{_corpus_digest(sentences)[:12]}.model"
     if path.is_file():
         try:
             tokenizer = Tokenizer.from_file(path)

@@ -1,4 +1,4 @@
-"""Notebook 13's checks: right answers pass, stubs are "not done", and each known mistake is named."""
+"""Notebook 14's checks: right answers pass, stubs are "not done", and each known mistake is named."""
 import math
 
 import pytest

@@ -68,7 +68,7 @@ def test_check_command_reports_and_exits_nonzero(tmp_path, capsys):
 def test_list_and_resolve(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "00_start_here.ipynb" in out and "13_attention_at_scale.ipynb" in out
+    assert "00_start_here.ipynb" in out and "14_attention_at_scale.ipynb" in out
     assert cli.resolve(["0"]) == [NOTEBOOK_DIR / "00_start_here.ipynb"]
     assert cli.resolve([]) == sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
     with pytest.raises(KeyError, match="no notebook 'nope'"):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_lib import families
 from course_lib.families import (IGNORE, LanguageModel, Vocabulary, blank_accuracy, blank_logits, choose_blanks,
                                  encode_blank, encode_captions, fill_in, generate_text, language_model_loss,
                                  mask_tokens, next_token_targets, perplexity, sequence_batches,
@@ -341,3 +342,42 @@ def test_encode_blank_and_fill_in():
     assert len(top) == 3 and all(0 < p <= 1 for _, p in top)
     assert [p for _, p in top] == sorted((p for _, p in top), reverse=True)
 
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_loss_on_predicted_positions_only_equals_the_full_loss(causal):
+    model = model_of(causal, seed=6).train()
+    ids = batch(random_rows(6, 13))
+    inputs, targets = training_pair(model, ids, VOCAB, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    full = language_model_loss(model(inputs), targets)
+    torch.manual_seed(0)  # the same dropout masks
+    torch.testing.assert_close(families.predicted_loss(model, inputs, targets), full)
+    with pytest.raises(ValueError, match="nothing to learn"):
+        families.predicted_loss(model, inputs, torch.full_like(targets, IGNORE))
+
+
+# --- the shipped pair ---------------------------------------------------------------------------------
+
+def test_export_and_load_give_the_same_model_in_fp16(tmp_path):
+    from course_lib.tokenizer import train_sentencepiece
+
+    tokenizer = train_sentencepiece(["a dog is barking at a cat", "the man runs"] * 20, vocab_size=26)
+    model = LanguageModel(Vocabulary.of(tokenizer).size, d_model=16, h=2, num_layers=1, d_ff=32, max_len=12)
+    families.export_language_model(model, tokenizer, tmp_path, {"note": "test"})
+    loaded, loaded_tokenizer, provenance = families.load_language_model(folder=tmp_path)
+    assert provenance["note"] == "test" and set(provenance["files"]) == {"model.pt", "tokenizer.model"}
+    assert loaded.config == model.config and loaded_tokenizer.sha256 == tokenizer.sha256
+    assert loaded.out.weight is loaded.embed.weight and not loaded.training
+    ids = torch.tensor([[BOS_ID, 5, 6, EOS_ID]])
+    torch.testing.assert_close(loaded(ids), model.eval()(ids), atol=2e-3, rtol=1e-2)
+    (tmp_path / "model.pt").write_bytes((tmp_path / "model.pt").read_bytes() + b"x")
+    with pytest.raises(ValueError, match="SHA-256"):
+        families.load_language_model(folder=tmp_path)
+
+
+def test_load_language_model_refuses_unknown_families_and_empty_folders(tmp_path):
+    with pytest.raises(ValueError, match="family must be one of"):
+        families.load_language_model("t5")
+    with pytest.raises(FileNotFoundError, match="no trained language model"):
+        families.load_language_model(folder=tmp_path)

@@ -27,7 +27,7 @@ notebook's exercises. At least one check must answer "wrong" with exactly the qu
 notebook's check, or a mistake that an earlier mistake of the same check always shadows (the learner
 would never see it) all fail. Three checks compare a derived form of the learner's answer
 (``warmup_cosine``: the whole learning-rate curve; ``beam_step``: a (3, K) table of scores, beams and
-tokens; ``merge`` of notebook 13: a (T_q, 2 + d_v) table of m, l and acc), so their mistakes compute
+tokens; ``merge`` of notebook 14: a (T_q, 2 + d_v) table of m, l and acc), so their mistakes compute
 that form; ``ADAPTERS`` turns them back into functions with the learner's signature.
 
 Nothing here executes a notebook: exercises are found in the stored notebooks' source (the function
@@ -71,7 +71,7 @@ def _rows_to_tuple(make):
 
 
 def _columns_to_tuple(make):
-    """merge (notebook 13): a mistake computes a (T_q, 2 + d_v) table; a learner's returns (m, l, acc)."""
+    """merge (notebook 14): a mistake computes a (T_q, 2 + d_v) table; a learner's returns (m, l, acc)."""
     def merge(*parts):
         table = make(*parts)
         return table[:, 0], table[:, 1], table[:, 2:]

@@ -365,6 +365,17 @@ def test_load_tokenizer_keeps_sizes_and_corpora_apart(fake_multi30k, tmp_path, m
     assert len(names) == 3 and sum(n.startswith("multi30k_bpe50_") for n in names) == 2
 
 
+def test_load_tokenizer_on_one_language_trains_on_that_side_only(fake_multi30k, tmp_path):
+    pairs, _ = fake_multi30k
+    english = load_tokenizer(vocab_size=40, cache_dir=tmp_path, languages=("en",))
+    assert english.model_proto == train_sentencepiece([en for _, en in pairs], 40).model_proto
+    assert [p.name.startswith("multi30k_en_bpe40_") for p in tmp_path.iterdir()] == [True]
+    assert load_tokenizer(vocab_size=40, cache_dir=tmp_path, languages=("de", "en")).sha256 != english.sha256
+    for wrong in ((), ("fr",), ("en", "en")):
+        with pytest.raises(ValueError, match="languages must name"):
+            load_tokenizer(vocab_size=40, cache_dir=tmp_path, languages=wrong)
+
+
 def _real_data_available() -> bool:
     if os.environ.get(data.MIRROR_ENV):
         return True

@@ -1,4 +1,4 @@
-"""Notebook 13's exercises: counting attention's FLOPs, and merging two partial softmaxes (online softmax)."""
+"""Notebook 14's exercises: counting attention's FLOPs, and merging two partial softmaxes (online softmax)."""
 from __future__ import annotations
 
 import math
