@@ -29,8 +29,9 @@ class Notebook:
     amplifies_rounding: bool = False
     #: Whether that second run also puts MKL on its CPU-independent code path (``MKL_CBWR``), which changes
     #: how matrix products add up but makes them about 3 times slower. The translation notebooks spend
-    #: most of their time in the translator's large products, so there it would double the run (see
-    #: course_lib.authoring.notebooks.second_kernel_path); they keep torch's plain kernels only.
+    #: most of their time in the translator's large products, and notebook 13 in training its language
+    #: models, so there it would double the run (see course_lib.authoring.notebooks.second_kernel_path);
+    #: they keep torch's plain kernels only.
     second_path_mkl: bool = True
 
     @property

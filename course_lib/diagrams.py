@@ -19,6 +19,7 @@ function                       notebook   the picture
 :func:`plot_data_flow`         09         the whole encoder–decoder, a shape on every arrow
 :func:`plot_encoder_decoder`   09         the stacks unrolled: memory into every decoder layer
 :func:`plot_training_loop`     11         batch → model → loss → gradients → update
+:func:`plot_model_families`    13         encoder-only, decoder-only, encoder–decoder side by side
 =============================  =========  ==================================================
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ BLUE, ORANGE, GREEN, RED, PURPLE = PALETTE[:5]
 GREY = "#777777"
 
 __all__ = ["plot_broadcast", "plot_lookup_table", "plot_attention_flow", "plot_heads_split", "plot_heads_flow",
-           "plot_block_wiring", "plot_data_flow", "plot_encoder_decoder", "plot_training_loop"]
+           "plot_block_wiring", "plot_data_flow", "plot_encoder_decoder", "plot_training_loop",
+           "plot_model_families"]
 
 
 # --- the pieces every diagram is made of ------------------------------------------------------------
@@ -629,4 +631,51 @@ def plot_data_flow(B: int = 2, S: int = 8, T: int = 9, d_model: int = 64, n_voca
     ax.axis("off")
     ax.set_title(f"The encoder–decoder Transformer: B={B}, S={S}, T={T}, d_model={d_model}, n_vocab={n_vocab}, h={h}",
                  fontsize=12)
+    return ax
+
+
+# --- 13: the three families ---------------------------------------------------------------------------
+
+
+def plot_model_families(ax=None):
+    """Encoder-only (BERT), decoder-only (GPT) and encoder–decoder (the translator) built from one block.
+
+    Each column is a stack of the same block; what differs is the self-attention mask (all positions,
+    or only the earlier ones), whether a second stack feeds cross-attention, and what the output
+    layer is trained to predict. Returns the Axes.
+    """
+    ax = _axes(ax, figsize=(13, 5.8))
+    w, ys = 3.0, (0.0, 1.35, 2.9, 4.45)
+    columns = [
+        (1.7, BLUE, "encoder-only (BERT-style)", "tokens, some hidden:\nA [MASK] is barking",
+         "N × block\nself-attention sees\nALL positions (no causal mask)", "the hidden tokens\n(B, T, n_vocab) at [MASK]"),
+        (5.3, ORANGE, "decoder-only (GPT-style)", "the text so far:\nA dog is",
+         "N × block\nself-attention sees\nEARLIER positions (causal mask)", "the next token\n(B, T, n_vocab) at every position"),
+    ]
+    for x, colour, title, data, stack, output in columns:
+        ax.text(x, ys[3] + 0.75, title, ha="center", va="bottom", fontsize=10.5, fontweight="bold", color=colour)
+        _box(ax, x, ys[0], w, 0.75, data, GREY, fontsize=8.5)
+        _box(ax, x, ys[1], w, 0.6, "token embedding\n+ positions", colour, fontsize=8.5)
+        _box(ax, x, ys[2], w, 1.1, stack, colour, fontsize=8, weight="bold")
+        _box(ax, x, ys[3], w, 0.75, "output layer → " + output, RED, fontsize=8)
+        for lower, upper, h_low, h_up in ((ys[0], ys[1], 0.75, 0.6), (ys[1], ys[2], 0.6, 1.1), (ys[2], ys[3], 1.1, 0.75)):
+            _arrow(ax, (x, lower + h_low / 2), (x, upper - h_up / 2))
+    xe, xd = 8.75, 12.15
+    ax.text((xe + xd) / 2, ys[3] + 0.75, "encoder–decoder (the translator)", ha="center", va="bottom",
+            fontsize=10.5, fontweight="bold", color=GREEN)
+    _box(ax, xe, ys[0], 2.3, 0.75, "source:\nEin Hund bellt", GREY, fontsize=8.5)
+    _box(ax, xd, ys[0], 2.3, 0.75, "target so far:\n<bos> A dog", GREY, fontsize=8.5)
+    _box(ax, xe, ys[2], 2.3, 1.1, "N × block\nself-attention sees\nall positions", BLUE, fontsize=8, weight="bold")
+    _box(ax, xd, ys[2], 2.3, 1.1, "N × block\ncausal self-attention\n+ cross-attention", ORANGE, fontsize=8,
+         weight="bold")
+    _box(ax, xd, ys[3], 2.3, 0.75, "output layer →\nthe next target token", RED, fontsize=8)
+    for x in (xe, xd):
+        _arrow(ax, (x, ys[0] + 0.375), (x, ys[2] - 0.55), label="embed +\npositions", side="right" if x == xd else "left",
+               fontsize=7.5)
+    _arrow(ax, (xd, ys[2] + 0.55), (xd, ys[3] - 0.375))
+    _arrow(ax, (xe + 1.15, ys[2]), (xd - 1.15, ys[2]), colour=GREEN, lw=2.0)
+    ax.text((xe + xd) / 2, ys[2] + 0.1, "memory", ha="center", va="bottom", fontsize=8, color=GREEN)
+    ax.set_xlim(0, 13.6)
+    ax.set_ylim(-0.6, ys[3] + 1.3)
+    ax.set_title("One block, three families: the mask and the training target make the difference", fontsize=11.5)
     return ax

@@ -476,6 +476,51 @@ def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int 
         return generate(next_logits, num_samples, max_new_tokens, choose, device=device, prefix=prefix)
 
 
+# --- pictures ------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def attention_maps(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
+    """Every block's self-attention weights for one pass: (B, T) ids -> (L, B, h, T, T)."""
+    check_shape(ids, "B T", name="ids", dtype="int")
+    with eval_mode(model):
+        model(ids)
+    return torch.stack(model.attention_weights)
+
+
+def plot_attention_pattern(allowed: torch.Tensor, weights: torch.Tensor, query_labels: Sequence[str],
+                           key_labels: Sequence[str], title: str = ""):
+    """Two panels: which keys each query may attend to (the family's mask), and where a trained model looked.
+
+    Args:
+        allowed: (T_q, T_k) bool. weights: (T_q, T_k) attention weights (rows add up to 1).
+        query_labels: T_q names; key_labels: T_k names.
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from course_lib.masking import plot_mask
+
+    sizes = check_shape(allowed, "T_q T_k", name="allowed", dtype="bool")
+    check_shape(weights, "T_q T_k", name="weights", dtype="float", **sizes)
+    width = 0.42 * sizes["T_k"] + 2.2
+    fig, (left, right) = plt.subplots(1, 2, figsize=(2 * width + 1.0, 0.4 * sizes["T_q"] + 2.2))
+    plot_mask(allowed.cpu(), query_labels, key_labels, ax=left, title="allowed by the mask", annotate=False,
+              legend=False)
+    image = right.imshow(weights.detach().cpu().numpy(), cmap="Blues", vmin=0, vmax=1, aspect="equal")
+    right.set_xticks(range(sizes["T_k"]), key_labels, rotation=60, ha="right")
+    right.set_yticks(range(sizes["T_q"]), query_labels)
+    right.set_xlabel("key (attended to)")
+    right.set_title("what the trained model attends to")
+    right.grid(False)
+    fig.colorbar(image, ax=right, fraction=0.046, pad=0.04, label="attention weight")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 # --- the shipped pair: trained from the command line ------------------------------------------------
 
 #: Where the course's trained language models live (committed): one folder per family.
@@ -483,9 +528,12 @@ PRETRAINED_ROOT = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 FAMILY_FOLDERS = {"gpt": "multi30k_en_gpt", "bert": "multi30k_en_bert"}
 #: The size of the English tokenizer of the language models (notebook 13): a small output layer.
 ENGLISH_VOCAB_SIZE = 2000
-#: The shipped pair's settings, the same for both families, so that they differ only in mask and objective.
+#: The shipped pair's sizes and training settings, the same for both families: they differ in mask and objective.
 PAIR_SIZES = dict(d_model=128, h=4, num_layers=2, d_ff=512, dropout=0.1, max_len=48)
-PAIR_TRAINING = dict(steps=1500, max_tokens=4096, lr=1e-3, warmup_steps=100, seed=0)
+PAIR_TRAINING = dict(max_tokens=4096, lr=1e-3, warmup_steps=100, seed=0)
+#: Updates per family: the same number of predicted tokens (about 5.7 million). A masked model predicts
+#: 15 % of the words of a batch and a causal one every token, so BERT needs about 7 times the updates.
+PAIR_STEPS = {"gpt": 1500, "bert": 10500}
 
 
 def english_captions(split: str, tokenizer, max_len: int = PAIR_SIZES["max_len"]) -> list[list[int]]:
@@ -544,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m course_lib.families --family gpt --export data/pretrained/multi30k_en_gpt``: train and ship one."""
     parser = argparse.ArgumentParser(prog="python -m course_lib.families", description=main.__doc__)
     parser.add_argument("--family", choices=sorted(FAMILY_FOLDERS), required=True)
-    parser.add_argument("--steps", type=int, default=PAIR_TRAINING["steps"])
+    parser.add_argument("--steps", type=int, default=None, help=f"updates (default: {PAIR_STEPS})")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--export", required=True, help="the folder to write the model, tokenizer and provenance to")
     args = parser.parse_args(argv)
@@ -555,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = english_captions("train", tokenizer), english_captions("val", tokenizer)
     torch.manual_seed(PAIR_TRAINING["seed"])
     model = LanguageModel(vocab.size, causal=args.family == "gpt", **PAIR_SIZES)
-    training = dict(PAIR_TRAINING, steps=args.steps)
+    training = dict(PAIR_TRAINING, steps=args.steps or PAIR_STEPS[args.family])
     run = train_language_model(model, train, vocab=vocab, **training,
                                on_step=lambda i, loss: print(f"step {i:5d}  loss {loss:.3f}", flush=True)
                                if i % 100 == 0 else None)

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from course_lib import diagrams  # noqa: E402
 from course_lib.diagrams import (plot_attention_flow, plot_block_wiring, plot_broadcast, plot_data_flow,  # noqa: E402
                                  plot_encoder_decoder, plot_heads_flow, plot_heads_split, plot_lookup_table,
-                                 plot_training_loop)
+                                 plot_model_families, plot_training_loop)
 
 
 @pytest.fixture(autouse=True)
@@ -138,6 +138,15 @@ def test_training_loop_is_a_cycle_of_five_stations():
     texts = " ".join(_texts(ax))
     for station in ("batch", "forward", "loss", "backward", "optimizer.step()"):
         assert station in texts
+
+
+def test_model_families_show_three_columns_with_their_masks():
+    ax = plot_model_families()
+    texts = " ".join(_texts(ax))
+    for words in ("encoder-only (BERT-style)", "decoder-only (GPT-style)", "encoder–decoder (the translator)",
+                  "ALL positions", "EARLIER positions", "cross-attention", "memory", "[MASK]"):
+        assert words in texts, words
+    assert len(_arrows(ax)) == 3 + 3 + 4  # two stacks of three arrows, and the translator's four
 
 
 def test_heads_split_titles_and_validation():

@@ -122,6 +122,7 @@ def test_no_code_cell_is_longer_than_25_lines(notebook):
 DIAGRAM_HOMES = {
     "plot_broadcast": "00", "plot_lookup_table": "01", "plot_attention_flow": "04", "plot_heads_flow": "07",
     "plot_block_wiring": "08", "plot_data_flow": "09", "plot_encoder_decoder": "09", "plot_training_loop": "11",
+    "plot_model_families": "13",
 }
 
 

@@ -77,7 +77,7 @@ def test_mkl_is_left_out_only_where_the_course_map_says_so():
     for nb in ON_SECOND_PATH:
         expected = SECOND_KERNEL_PATH if nb.second_path_mkl else {"ATEN_CPU_CAPABILITY": "default"}
         assert second_kernel_path(nb) == expected, nb.filename
-    assert [nb.number for nb in ON_SECOND_PATH if not nb.second_path_mkl] == [11, 12]
+    assert [nb.number for nb in ON_SECOND_PATH if not nb.second_path_mkl] == [11, 12, 13]
     with pytest.raises(ValueError, match="00_start_here.ipynb neither trains nor samples"):
         second_kernel_path(NOTEBOOKS[0])
 

@@ -104,6 +104,56 @@ def _mask_batch() -> torch.Tensor:
     return rows
 
 
+def _masking(ids, vocab, generator, *, rate=0.15, split=(0.8, 0.1), words_only=True, keep_bos_eos=True,
+             labels_everywhere=False, use_generator=True, label_with_mask=False):
+    """BERT's masking as a learner writes it (a draw per token), with switches for the known slips."""
+    g = generator if use_generator else None
+    specials = torch.tensor(vocab.special_ids if keep_bos_eos else (PAD_ID,))
+    words = ~torch.isin(ids, specials) if words_only else torch.ones_like(ids, dtype=torch.bool)
+    chosen = (torch.rand(ids.shape, generator=g) < rate) & words
+    u = torch.rand(ids.shape, generator=g)
+    random_words = torch.randint(vocab.first_word_id, vocab.tokenizer_size, ids.shape, generator=g)
+    inputs = torch.where(chosen & (u < split[0]), vocab.mask_id, ids)
+    inputs = torch.where(chosen & (u >= split[0]) & (u < split[0] + split[1]), random_words, inputs)
+    if labels_everywhere:
+        return inputs, ids.clone()
+    return inputs, torch.where(chosen, inputs if label_with_mask else ids, IGNORE)
+
+
+def _slip(message, hint, **switches):
+    return Mistake(message, lambda ids, vocab, g: _masking(ids, vocab, g, **switches), hint)
+
+
+_MASK_MISTAKES = [
+    _slip("the same generator seed gave a different draw: your function draws from torch's global random state, "
+          "not from the generator it was given", "pass generator=generator to every torch.rand / torch.randint you "
+          "call", use_generator=False),
+    _slip("the labels keep every token: the loss would be taken at unmasked positions too, where the answer is in "
+          "plain sight", "labels = ids where chosen, IGNORE (-100) everywhere else", labels_everywhere=True),
+    _slip("you chose padding positions: PAD is not text, and a model asked to recover it learns nothing useful",
+          "choose among positions where ids is not a special id", words_only=False),
+    _slip("you chose BOS or EOS: special tokens are never masked, they are always where they are",
+          "choose among positions whose id is not in vocab.special_ids", keep_bos_eos=False),
+    _slip("the labels hold [MASK]: a label is the ORIGINAL token, the one the model must recover",
+          "labels = torch.where(chosen, ids, IGNORE)", label_with_mask=True),
+    _slip("every chosen token became [MASK]: without the 80/10/10 split the model only learns about positions that "
+          "show [MASK], which never occur when it is used",
+          "of the chosen: 80 % [MASK], 10 % a random word, 10 % unchanged", split=(1.0, 0.0)),
+]
+_SLIPS = {key: mistake for key, mistake in zip(("global", "everywhere", "padding", "bos_eos", "label_mask",
+                                                "all_mask"), _MASK_MISTAKES)}
+
+
+class _Wrong(Exception):
+    def __init__(self, message, hint=""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+def _slipped(key):
+    return _Wrong(_SLIPS[key].message, _SLIPS[key].hint)
+
+
 def _run_masking(fn, ids, seed, global_seed):
     torch.manual_seed(global_seed)  # an answer that draws from the global generator changes with this
     out = fn(ids.clone(), MASK_VOCAB, torch.Generator().manual_seed(seed))
@@ -118,21 +168,13 @@ def _run_masking(fn, ids, seed, global_seed):
     return out
 
 
-class _Wrong(Exception):
-    def __init__(self, message, hint=""):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-
 def _judge_masking(fn) -> None:
     """Raise :class:`_Wrong` naming the first mistake found; return quietly when the masking is right."""
     ids = _mask_batch()
     inputs, labels = _run_masking(fn, ids, seed=7, global_seed=0)
     again = _run_masking(fn, ids, seed=7, global_seed=1)
     if not (torch.equal(inputs, again[0]) and torch.equal(labels, again[1])):
-        raise _Wrong("the same generator seed gave a different draw: your function draws from torch's global "
-                     "random state, not from the generator it was given",
-                     "pass generator=generator to every torch.rand / torch.randint you call")
+        raise _slipped("global")
     special = ids == PAD_ID
     bos_eos = (ids == BOS_ID) | (ids == EOS_ID)
     chosen = labels != IGNORE
@@ -140,26 +182,22 @@ def _judge_masking(fn) -> None:
     if not bool(chosen.any()):
         raise _Wrong("no label is set: every position holds IGNORE (-100), so the loss has nothing to learn from")
     if float((chosen & words).sum()) > 0.9 * float(words.sum()):
-        raise _Wrong("the labels keep every token: the loss would be taken at unmasked positions too, where the "
-                     "answer is in plain sight", "labels = ids where chosen, IGNORE (-100) everywhere else")
+        raise _slipped("everywhere")
     other = _run_masking(fn, ids, seed=8, global_seed=0)
     if torch.equal(labels, other[1]) and torch.equal(inputs, other[0]):
         raise _Wrong("another generator seed gave the same draw: the choice is not random",
                      "draw the choice with torch.rand(ids.shape, generator=generator)")
     if bool((chosen & special).any()):
-        raise _Wrong("you chose padding positions: PAD is not text, and a model asked to recover it learns "
-                     "nothing useful", "choose among positions where ids is not a special id")
+        raise _slipped("padding")
     if bool((chosen & bos_eos).any()):
-        raise _Wrong("you chose BOS or EOS: special tokens are never masked, they are always where they are",
-                     "choose among positions whose id is not in vocab.special_ids")
+        raise _slipped("bos_eos")
     share = float(chosen.sum()) / float(words.sum())
     if not 0.12 <= share <= 0.18:
         raise _Wrong(f"you chose {100 * share:.1f} % of the word tokens; BERT chooses 15 %",
                      "chosen = (torch.rand(ids.shape, generator=generator) < 0.15) & words")
     if not torch.equal(labels[chosen], ids[chosen]):
         if bool((labels[chosen] == MASK_VOCAB.mask_id).any()):
-            raise _Wrong("the labels hold [MASK]: a label is the ORIGINAL token, the one the model must recover",
-                         "labels = torch.where(chosen, ids, IGNORE)")
+            raise _slipped("label_mask")
         raise _Wrong("at some chosen positions the label is not the original token",
                      "labels = torch.where(chosen, ids, IGNORE)")
     if not torch.equal(inputs[~chosen], ids[~chosen]):
@@ -168,12 +206,10 @@ def _judge_masking(fn) -> None:
     kept = float((inputs[chosen] == ids[chosen]).float().mean())
     replaced = inputs[chosen & (inputs != MASK_VOCAB.mask_id) & (inputs != ids)]
     if masked > 0.95:
-        raise _Wrong("every chosen token became [MASK]: without the 80/10/10 split the model only learns about "
-                     "positions that show [MASK], which never occur when it is used",
-                     "of the chosen: 80 % [MASK], 10 % a random word, 10 % unchanged")
+        raise _slipped("all_mask")
     if bool(((replaced < MASK_VOCAB.first_word_id) | (replaced >= MASK_VOCAB.tokenizer_size)).any()):
         raise _Wrong("some replacements are not word ids: a random replacement is drawn from "
-                     f"vocab.first_word_id .. vocab.tokenizer_size - 1, never a special id or [MASK]",
+                     "vocab.first_word_id .. vocab.tokenizer_size - 1, never a special id or [MASK]",
                      "torch.randint(vocab.first_word_id, vocab.tokenizer_size, ids.shape, generator=generator)")
     expected_kept = 0.1 + 0.1 / (MASK_VOCAB.tokenizer_size - MASK_VOCAB.first_word_id)
     if abs(masked - 0.8) > 0.04 or abs(kept - expected_kept) > 0.04:
