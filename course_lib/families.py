@@ -185,22 +185,32 @@ class LanguageModel(nn.Module):
 
 # --- what the two families learn from -------------------------------------------------------------
 
-def next_token_targets(ids: torch.Tensor, pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+def next_token_targets(ids: torch.Tensor, pad_id: int = PAD_ID,
+                       sep_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """A causal language model's training pair: predict every token from the ones before it.
 
     Args:
         ids: (B, T) right-padded sequences, ``[BOS, w_1, ..., w_n, EOS, PAD, ...]``.
+        sep_id: for two texts in one sequence, ``[BOS, source..., SEP, target..., EOS]``: only the
+            tokens after the first ``sep_id`` of a row are targets (the source is given, not predicted).
 
     Returns:
         ``(inputs, targets)``, both (B, T - 1): ``inputs = ids[:, :-1]``, ``targets = ids[:, 1:]``
-        with padding replaced by :data:`IGNORE`, so position i is trained to predict token i + 1
-        and no position is trained to predict padding.
+        with padding (and with ``sep_id``, everything up to the separator) replaced by :data:`IGNORE`,
+        so position i is trained to predict token i + 1 and no position is trained to predict padding.
     """
     check_shape(ids, "B T", name="ids", dtype="int")
     if ids.shape[1] < 2:
         raise ValueError(f"ids of shape {tuple(ids.shape)}: a next-token target needs at least 2 positions")
     targets = ids[:, 1:]
-    return ids[:, :-1], targets.masked_fill(targets == pad_id, IGNORE)
+    skip = targets == pad_id
+    if sep_id is not None:
+        is_sep = ids == sep_id  # (B, T)
+        if not bool(is_sep.any(dim=1).all()):
+            raise ValueError(f"sep_id={sep_id}: every row needs the separator between its two texts")
+        after = (is_sep.long().cumsum(dim=1) - is_sep.long()) > 0  # (B, T): strictly after the first SEP
+        skip |= ~after[:, 1:]
+    return ids[:, :-1], targets.masked_fill(skip, IGNORE)
 
 
 def _check_generator(generator) -> torch.Generator:
@@ -447,6 +457,9 @@ def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int 
                   generator: torch.Generator | None = None, cached: bool = True) -> list[list[int]]:
     """Continue ``prompt`` (ids, BOS first) ``num_samples`` times by sampling (notebook 12's filters).
 
+    ``prompt`` may also be a batch of prompts of one length, ``(B, P)`` (a tensor or B lists), each
+    continued once (``num_samples=1``): e.g. German sentences of equal length, each followed by ``[SEP]``.
+
     With ``cached=True`` the model takes the prompt in one pass and then one new token per step,
     its blocks keeping the keys and values of the earlier ones; with ``cached=False`` it reads the
     whole text at every step. The draws are the same for the same generator state. ``top_k=1``
@@ -457,15 +470,24 @@ def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int 
     if not isinstance(cached, bool):
         raise TypeError(f"cached must be True or False, got {cached!r}")
     device = model.embed.weight.device
-    prompt = torch.as_tensor(list(prompt), dtype=torch.long, device=device)
-    if prompt.numel() == 0 or int(prompt[0]) != BOS_ID:
-        raise ValueError("prompt must start with BOS (encode the text and put BOS_ID before it)")
+    try:
+        prefix = torch.as_tensor(prompt if isinstance(prompt, torch.Tensor) else list(prompt), dtype=torch.long)
+    except (ValueError, TypeError):
+        raise ValueError("prompt: expected one list of ids, or prompts of one length ((B, P) ids)") from None
     num_samples = check_int(num_samples, "num_samples", 1)
+    if prefix.dim() == 2 and num_samples != 1:
+        raise ValueError(f"a batch of {prefix.shape[0]} prompts is continued once each: num_samples must be 1, "
+                         f"got {num_samples}")
+    if prefix.dim() not in (1, 2) or prefix.numel() == 0:
+        raise ValueError(f"prompt must start with BOS: got ids of shape {tuple(prefix.shape)}")
+    prefix = prefix.to(device).reshape(-1, prefix.shape[-1]).repeat(num_samples, 1)  # (N, P)
+    if bool((prefix[:, 0] != BOS_ID).any()):
+        raise ValueError("prompt must start with BOS (encode the text and put BOS_ID before it)")
     max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 0)
-    if prompt.numel() + max_new_tokens > model.max_len:
-        raise ValueError(f"prompt ({prompt.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+    if prefix.shape[1] + max_new_tokens > model.max_len:
+        raise ValueError(f"prompt ({prefix.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
                          f"model's max_len ({model.max_len}), the positions it has learned")
-    prefix = prompt.repeat(num_samples, 1)  # (N, P)
+    num_samples = prefix.shape[0]
     with eval_mode(model):
         if cached:
             cache = model.new_cache(num_samples)

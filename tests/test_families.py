@@ -157,6 +157,8 @@ def test_generation_refuses_bad_settings():
     model = model_of()
     with pytest.raises(ValueError, match="start with BOS"):
         generate_text(model, [5, 6])
+    with pytest.raises(ValueError, match="start with BOS"):
+        generate_text(model, [])
     with pytest.raises(ValueError, match="max_len"):
         generate_text(model, [BOS_ID, 5], max_new_tokens=30)
     with pytest.raises(ValueError, match="decoder-only"):
@@ -381,3 +383,29 @@ def test_load_language_model_refuses_unknown_families_and_empty_folders(tmp_path
         families.load_language_model("t5")
     with pytest.raises(FileNotFoundError, match="no trained language model"):
         families.load_language_model(folder=tmp_path)
+
+
+def test_next_token_targets_after_a_separator_predict_the_second_text_only():
+    sep = VOCAB.sep_id
+    ids = torch.tensor([[BOS_ID, 5, 6, sep, 7, 8, EOS_ID], [BOS_ID, 9, sep, 10, EOS_ID, PAD_ID, PAD_ID]])
+    inputs, targets = next_token_targets(ids, sep_id=sep)
+    assert torch.equal(inputs, ids[:, :-1])
+    assert targets.tolist() == [[IGNORE, IGNORE, IGNORE, 7, 8, EOS_ID],
+                                [IGNORE, IGNORE, 10, EOS_ID, IGNORE, IGNORE]]
+    with pytest.raises(ValueError, match="separator"):
+        next_token_targets(torch.tensor([[BOS_ID, 5, EOS_ID]]), sep_id=sep)
+
+
+def test_a_batch_of_prompts_of_one_length_is_continued_row_by_row():
+    model = model_of(seed=7)
+    prompts = [[BOS_ID, 5, 6], [BOS_ID, 9, 4]]
+    together = generate_text(model, prompts, max_new_tokens=8, top_k=1)
+    alone = [generate_text(model, p, max_new_tokens=8, top_k=1)[0] for p in prompts]
+    assert together == alone
+    assert generate_text(model, torch.tensor(prompts), max_new_tokens=8, top_k=1, cached=False) == alone
+    with pytest.raises(ValueError, match="num_samples must be 1"):
+        generate_text(model, prompts, num_samples=2)
+    with pytest.raises(ValueError, match="one length"):
+        generate_text(model, [[BOS_ID, 5], [BOS_ID]])
+    with pytest.raises(ValueError, match="start with BOS"):
+        generate_text(model, [[BOS_ID, 5], [5, 6]])
