@@ -23,7 +23,6 @@ Targets that the loss skips hold :data:`IGNORE` (-100, ``F.cross_entropy``'s ``i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -39,13 +38,13 @@ from torch import nn
 from course_lib.batching import Example, token_budget_batches
 from course_lib.blocks import EncoderBlock
 from course_lib.decoding import eval_mode, generate, sample_next_token
-from course_lib.files import write_atomically
 from course_lib.kv_cache import KVCache
 from course_lib.masking import causal_mask, pad_sequences
 from course_lib.positional import LearnedPositionalEmbedding
 from course_lib.shapes import check_int, check_shape
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer
-from course_lib.train import hardware_description, learning_rate, save_atomically, sha256_file
+from course_lib.train import (hardware_description, learning_rate, read_provenance, save_atomically,
+                              write_provenance)
 from course_lib.transformer import check_token_ids
 
 #: The target value that the loss skips (padding, and the unchosen positions of a masked language model).
@@ -574,11 +573,7 @@ def export_language_model(model: LanguageModel, tokenizer, out_dir: str | os.Pat
     save_atomically({"format": "course_lib.language_model/1", "config": model.config, "weights": weights},
                     out / "model.pt")
     tokenizer.save(out / "tokenizer.model")
-    record = dict(provenance)
-    record["files"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                       for name in ("model.pt", "tokenizer.model")}
-    text = json.dumps(record, indent=2) + "\n"
-    write_atomically(out / "provenance.json", lambda tmp: Path(tmp).write_text(text))
+    write_provenance(out, provenance)
     return out
 
 
@@ -593,15 +588,7 @@ def load_language_model(family: str = "gpt", folder: str | os.PathLike | None = 
             raise ValueError(f"family must be one of {sorted(FAMILY_FOLDERS)}, got {family!r}")
         folder = PRETRAINED_ROOT / FAMILY_FOLDERS[family]
     folder = Path(folder)
-    if not (folder / "provenance.json").is_file():
-        raise FileNotFoundError(f"no trained language model at {folder} (expected provenance.json, model.pt, "
-                                "tokenizer.model)")
-    provenance = json.loads((folder / "provenance.json").read_text())
-    for name, info in provenance["files"].items():
-        actual = sha256_file(folder / name)
-        if actual != info["sha256"]:
-            raise ValueError(f"{folder / name} has SHA-256 {actual}, provenance.json records {info['sha256']}; "
-                             "the file is damaged or was replaced: restore it with git checkout")
+    provenance = read_provenance(folder, "trained language model")
     saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model = LanguageModel(**saved["config"])
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in saved["weights"].items()}, strict=False)

@@ -531,12 +531,31 @@ def export_model(trainer: Trainer, out_dir: str | os.PathLike, provenance: dict)
     save_atomically({"format": "course_lib.pretrained/1", "recipe": trainer.recipe.to_dict(),
                      "vocab_size": trainer.tokenizer.vocab_size, "weights": weights}, out / "model.pt")
     trainer.tokenizer.save(out / "tokenizer.model")
-    record = dict(provenance)
-    record["files"] = {name: {"sha256": sha256_file(out / name), "bytes": (out / name).stat().st_size}
-                       for name in ("model.pt", "tokenizer.model")}
-    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
-    write_atomically(out / "provenance.json", lambda tmp: Path(tmp).write_text(text))
+    write_provenance(out, provenance)
     return out
+
+
+def write_provenance(folder: Path, provenance: dict, names=("model.pt", "tokenizer.model")) -> None:
+    """Write ``folder/provenance.json``: ``provenance`` plus the SHA-256 and size of each file in ``names``."""
+    record = dict(provenance)
+    record["files"] = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+                       for name in names}
+    text = json.dumps(record, indent=2, sort_keys=False) + "\n"
+    write_atomically(folder / "provenance.json", lambda tmp: Path(tmp).write_text(text))
+
+
+def read_provenance(folder: Path, what: str = "trained model") -> dict:
+    """``folder/provenance.json``, after checking every file it lists against its recorded SHA-256."""
+    provenance_path = folder / "provenance.json"
+    if not provenance_path.is_file():
+        raise FileNotFoundError(f"no {what} at {folder} (expected provenance.json, model.pt, tokenizer.model)")
+    provenance = json.loads(provenance_path.read_text())
+    for name, info in provenance["files"].items():
+        actual = sha256_file(folder / name)
+        if actual != info["sha256"]:
+            raise ValueError(f"{folder / name} has SHA-256 {actual}, provenance.json records {info['sha256']}; "
+                             f"the file is damaged or was replaced: restore it with git checkout")
+    return provenance
 
 
 def load_pretrained(folder: str | os.PathLike = PRETRAINED_DIR, device="cpu"):
@@ -545,15 +564,7 @@ def load_pretrained(folder: str | os.PathLike = PRETRAINED_DIR, device="cpu"):
     Every file is checked against the SHA-256 recorded in ``provenance.json`` first.
     """
     folder = Path(folder)
-    provenance_path = folder / "provenance.json"
-    if not provenance_path.is_file():
-        raise FileNotFoundError(f"no trained model at {folder} (expected provenance.json, model.pt, tokenizer.model)")
-    provenance = json.loads(provenance_path.read_text())
-    for name, info in provenance["files"].items():
-        actual = sha256_file(folder / name)
-        if actual != info["sha256"]:
-            raise ValueError(f"{folder / name} has SHA-256 {actual}, provenance.json records {info['sha256']}; "
-                             f"the file is damaged or was replaced: restore it with git checkout")
+    provenance = read_provenance(folder)
     tokenizer = Tokenizer.from_file(folder / "tokenizer.model")
     saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     recipe = Recipe.from_dict(saved["recipe"])
