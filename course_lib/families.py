@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.batching import Example, token_budget_batches
+from course_lib.batching import Example, encode_pairs, token_budget_batches
 from course_lib.blocks import EncoderBlock
 from course_lib.decoding import eval_mode, generate, sample_next_token
 from course_lib.kv_cache import KVCache
@@ -271,17 +271,21 @@ def language_model_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits.reshape(-1, sizes["vocab"]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def predicted_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def predicted_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor,
+                   label_smoothing: float = 0.0) -> torch.Tensor:
     """:func:`language_model_loss` of ``model(inputs)``, unembedding only the positions with a target.
 
     The same value (to float rounding) for less work: a masked model predicts 15 % of its
     positions, and the output layer, ``d_model x vocab_size``, is the largest matrix of a small model.
+    ``label_smoothing`` spreads that much of each target's probability over the whole vocabulary
+    (the translator's recipe, notebook 11); 0 is plain cross-entropy.
     """
     check_shape(targets, "B T", name="targets", dtype="int", B=inputs.shape[0], T=inputs.shape[1])
     keep = targets != IGNORE  # (B, T)
     if not bool(keep.any()):
         raise ValueError("targets: every position is IGNORE, so there is nothing to learn from")
-    return F.cross_entropy(model.out(model.features(inputs)[keep]).float(), targets[keep])
+    return F.cross_entropy(model.out(model.features(inputs)[keep]).float(), targets[keep],
+                           label_smoothing=label_smoothing)
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -301,10 +305,17 @@ def sequence_batches(sequences: Sequence[Sequence[int]], max_tokens: int, seed: 
 
 
 def training_pair(model: LanguageModel, ids: torch.Tensor, vocab: Vocabulary | None = None,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (inputs, targets) a model of its family learns from: next tokens (causal) or masked tokens."""
+                  generator: torch.Generator | None = None,
+                  sep_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (inputs, targets) a model of its family learns from: next tokens (causal) or masked tokens.
+
+    With ``sep_id`` (a causal model reading ``[BOS, source..., SEP, target..., EOS]``) only the
+    tokens after the separator are targets.
+    """
     if model.causal:
-        return next_token_targets(ids, model.pad_id)
+        return next_token_targets(ids, model.pad_id, sep_id)
+    if sep_id is not None:
+        raise ValueError("sep_id is for a causal model that continues a source: an encoder-only model sees the target")
     if vocab is None:
         raise ValueError("an encoder-only model learns from masked tokens: give the Vocabulary (for [MASK])")
     return mask_tokens(ids, vocab, generator)
@@ -326,26 +337,33 @@ class TrainingRun:
 def train_language_model(model: LanguageModel, sequences: Sequence[Sequence[int]], steps: int,
                          vocab: Vocabulary | None = None, max_tokens: int = 2048, lr: float = 2e-3,
                          warmup_steps: int = 50, weight_decay: float = 0.01, seed: int = 0,
-                         on_step: Callable[[int, float], None] | None = None) -> TrainingRun:
+                         on_step: Callable[[int, float], None] | None = None, sep_id: int | None = None,
+                         label_smoothing: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
+                         final_lr_fraction: float = 0.05) -> TrainingRun:
     """Train ``model`` for ``steps`` updates on ``sequences`` (``[BOS, ..., EOS]`` id lists) with its family's objective.
 
-    AdamW, warm-up then cosine decay (notebook 11's :func:`~course_lib.train.learning_rate`), gradient
-    norm clipped to 1. Batches of at most ``max_tokens`` padded tokens cycle through the data, reshuffled
-    every pass; masking draws from a generator seeded with ``seed``: the same seed, the same run.
+    AdamW (``betas``), warm-up then cosine decay to ``final_lr_fraction * lr`` (notebook 11's
+    :func:`~course_lib.train.learning_rate`), gradient norm clipped to 1. Batches of at most
+    ``max_tokens`` padded tokens cycle through the data, reshuffled every pass; masking draws from a
+    generator seeded with ``seed``: the same seed, the same run. With ``sep_id`` a causal model learns
+    to continue ``[BOS, source..., SEP]`` (the loss on the target side only, :func:`next_token_targets`).
     """
     steps = check_int(steps, "steps", 1)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate(s, steps, 1.0, warmup_steps))
+                                   {"params": rest, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: learning_rate(s, steps, 1.0, warmup_steps, final_lr_fraction))
     generator = torch.Generator(device=model.embed.weight.device).manual_seed(seed)
     losses, predicted, started, epoch = [], 0, time.perf_counter(), 0
     model.train()
     while len(losses) < steps:
         for ids in sequence_batches(sequences, max_tokens, seed=seed + epoch):
-            inputs, targets = training_pair(model, ids.to(model.embed.weight.device), vocab, generator)
-            loss = predicted_loss(model, inputs, targets)
+            inputs, targets = training_pair(model, ids.to(model.embed.weight.device), vocab, generator, sep_id)
+            loss = predicted_loss(model, inputs, targets, label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -365,14 +383,18 @@ def train_language_model(model: LanguageModel, sequences: Sequence[Sequence[int]
 # --- measuring ---------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def perplexity(model: LanguageModel, sequences: Sequence[Sequence[int]], max_tokens: int = 4096) -> float:
-    """exp(mean next-token cross-entropy) of a causal model over every predicted token (EOS included)."""
+def perplexity(model: LanguageModel, sequences: Sequence[Sequence[int]], max_tokens: int = 4096,
+               sep_id: int | None = None) -> float:
+    """exp(mean next-token cross-entropy) of a causal model over every predicted token (EOS included).
+
+    With ``sep_id``, over the tokens after the separator only (a translation's target side).
+    """
     if not model.causal:
         raise ValueError("perplexity needs a causal model: an encoder-only model sees the token it would predict")
     total, count = 0.0, 0
     with eval_mode(model):
         for ids in sequence_batches(sequences, max_tokens, shuffle=False):
-            inputs, targets = next_token_targets(ids.to(model.embed.weight.device), model.pad_id)
+            inputs, targets = next_token_targets(ids.to(model.embed.weight.device), model.pad_id, sep_id)
             n = int((targets != IGNORE).sum())
             total += float(language_model_loss(model(inputs), targets)) * n
             count += n
@@ -497,6 +519,56 @@ def generate_text(model: LanguageModel, prompt: Sequence[int], num_samples: int 
         return generate(next_logits, num_samples, max_new_tokens, choose, device=device, prefix=prefix)
 
 
+# --- translation as one sequence ------------------------------------------------------------------
+
+def encode_translation_pairs(tokenizer, pairs: Sequence[tuple[str, str]], vocab: Vocabulary,
+                             max_len: int | None = 64) -> list[list[int]]:
+    """(German, English) pairs -> ``[BOS, German..., SEP, English..., EOS]`` id lists for a decoder-only translator.
+
+    Pairs are kept or dropped as the translator's (:func:`~course_lib.batching.encode_pairs`): a side
+    longer than ``max_len`` tokens, counting the token that ends it (SEP or EOS), is dropped.
+    """
+    examples = encode_pairs(list(pairs), tokenizer, max_len)  # both sides end in EOS
+    return [[BOS_ID, *e.src[:-1], vocab.sep_id, *e.tgt] for e in examples]
+
+
+def one_sequence_budget(source_length: int) -> int:
+    """The most English tokens for a German sentence of ``source_length`` pieces: the translator's
+    :func:`~course_lib.decoding.output_budget` (1.5 x the source with its end token, plus 10)."""
+    return int(1.5 * (source_length + 1)) + 10
+
+
+def translate_in_one_sequence(model: LanguageModel, tokenizer, vocab: Vocabulary, sentences: Sequence[str],
+                              batch_size: int = 64) -> list[str]:
+    """Greedy translations by a decoder-only model: continue ``[BOS, German..., SEP]`` until EOS.
+
+    Sentences of the same length in pieces are decoded together (a batch of prompts needs one
+    length), through the KV cache, with the budget of :func:`one_sequence_budget` (cut to the
+    positions the model has); the results come back in the input order. A blank sentence gives "".
+    Ids past the tokenizer's (``[MASK]``, ``[SEP]``), never a target in training, are left out of the text.
+    """
+    if isinstance(sentences, str):
+        raise TypeError("translate_in_one_sequence takes a list of sentences; wrap a single one in a list")
+    check_int(batch_size, "batch_size", minimum=1)
+    results = [""] * len(sentences)
+    encoded = tokenizer.encode_batch([str(s) for s in sentences])
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        if str(sentences[i]).strip():
+            by_length.setdefault(len(ids), []).append(i)
+    for length, todo in sorted(by_length.items()):
+        if length + 3 > model.max_len:
+            raise ValueError(f"sentences {todo[:5]} have {length} pieces: with BOS, SEP and one output token "
+                             f"that is more than the model's max_len ({model.max_len})")
+        budget = min(one_sequence_budget(length), model.max_len - length - 2)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            prompts = torch.tensor([[BOS_ID, *encoded[i], vocab.sep_id] for i in chunk])  # (B, length + 2)
+            for i, ids in zip(chunk, generate_text(model, prompts, max_new_tokens=budget, top_k=1)):
+                results[i] = tokenizer.decode([t for t in ids if t < vocab.tokenizer_size])  # no [MASK]/[SEP]
+    return results
+
+
 # --- pictures ------------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -506,6 +578,34 @@ def attention_maps(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
     with eval_mode(model):
         model(ids)
     return torch.stack(model.attention_weights)
+
+
+@torch.no_grad()
+def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+    """Where a decoder-only translator looks while it writes the target, block by block.
+
+    Args:
+        ids: (B, T) right-padded ``[BOS, source..., SEP, target..., EOS]`` rows.
+        sep_id: the separator's id.
+
+    Returns:
+        (L, 3): for each block, the attention weight (averaged over heads, then over every query that
+        predicts a target token, from SEP to the token before EOS, in every row) that falls on
+        ``BOS``, on the source tokens, and on ``SEP`` with the target written so far. Each row adds up to 1.
+    """
+    sizes = check_shape(ids, "B T", name="ids", dtype="int")
+    is_sep = ids == sep_id
+    if not bool((is_sep.sum(dim=1) == 1).all()):
+        raise ValueError(f"every row of ids needs exactly one separator (id {sep_id}) between its two texts")
+    sep = is_sep.long().argmax(dim=1)  # (B,)
+    last = (ids != model.pad_id).sum(dim=1) - 1  # (B,) the position of EOS
+    position = torch.arange(sizes["T"], device=ids.device)  # (T,)
+    key = position.expand(sizes["B"], -1)  # (B, T_k)
+    regions = torch.stack([key == 0, (key > 0) & (key < sep[:, None]), key >= sep[:, None]], dim=-1).float()  # (B, T_k, 3)
+    queries = (position[None, :] >= sep[:, None]) & (position[None, :] < last[:, None])  # (B, T_q)
+    weights = attention_maps(model, ids).mean(dim=2)  # (L, B, T_q, T_k)
+    mass = weights @ regions  # (L, B, T_q, 3)
+    return mass[:, queries].mean(dim=1)  # (L, 3)
 
 
 def plot_attention_pattern(allowed: torch.Tensor, weights: torch.Tensor, query_labels: Sequence[str],
@@ -556,6 +656,23 @@ PAIR_TRAINING = dict(max_tokens=4096, lr=1e-3, warmup_steps=100, seed=0)
 #: 15 % of the words of a batch and a causal one every token, so BERT needs about 7 times the updates.
 PAIR_STEPS = {"gpt": 1500, "bert": 10500}
 
+#: The decoder-only translator (notebook 13, section 8): notebook 11's shipped translator's width, heads,
+#: feed-forward size and tokenizer (8,000 pieces shared by German and English), with its 3 + 3 blocks
+#: (cross-attention in the 3 decoder blocks) replaced by 7 causal blocks: 7.6 million parameters each.
+#: 128 positions hold the longest pair it trains on: 63 + 63 pieces, BOS and SEP.
+TRANSLATOR_FOLDER = "multi30k_de_en_gpt"
+TRANSLATOR_SIZES = dict(d_model=256, h=4, num_layers=7, d_ff=1024, dropout=0.1, max_len=128)
+#: The translator's recipe (train.RECIPES["full"]): the same pairs (a side of at most 64 tokens), peak rate,
+#: warm-up, final rate, betas, label smoothing and weight decay; batches of at most 8,192 padded tokens of
+#: German + English hold as many pairs as its batches of 4,096 (the longer side), so an epoch has as many updates.
+TRANSLATOR_TRAINING = dict(max_tokens=8192, lr=1e-3, warmup_steps=400, final_lr_fraction=0.05, betas=(0.9, 0.98),
+                           label_smoothing=0.1, weight_decay=0.01, seed=0)
+TRANSLATOR_PAIR_MAX_LEN = 64
+#: Validation sentences translated after every epoch, as the translator's training did (its bleu_sentences).
+TRANSLATOR_BLEU_SENTENCES = 500
+#: Every shipped model of this module: the pair, and the decoder-only translator.
+SHIPPED_FOLDERS = {**FAMILY_FOLDERS, "translator": TRANSLATOR_FOLDER}
+
 
 def english_captions(split: str, tokenizer, max_len: int = PAIR_SIZES["max_len"]) -> list[list[int]]:
     """The English side of a Multi30k split as ``[BOS, ..., EOS]`` id lists of at most ``max_len`` tokens."""
@@ -564,14 +681,45 @@ def english_captions(split: str, tokenizer, max_len: int = PAIR_SIZES["max_len"]
     return encode_captions(tokenizer, [en for _, en in load_split(split)], max_len)
 
 
-def export_language_model(model: LanguageModel, tokenizer, out_dir: str | os.PathLike, provenance: dict) -> Path:
-    """Write ``model.pt`` (fp16 weights + config), ``tokenizer.model`` and ``provenance.json`` (with SHA-256s)."""
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 8-bit storage of a matrix, one scale per row: (R, C) float -> ((R, C) int8, (R,) float32).
+
+    Row r is stored as ``round(weight[r] / scale[r])`` with ``scale[r] = max |weight[r]| / 127``, so
+    each value comes back (:func:`dequantize_rows`) within half a step, ``scale[r] / 2``, of where it was.
+    """
+    check_shape(weight, "R C", name="weight", dtype="float")
+    scale = weight.detach().abs().amax(dim=1).float().clamp(min=1e-12) / 127  # (R,)
+    return (weight.detach().float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def dequantize_rows(quantized: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The float matrix of :func:`quantize_rows`: (R, C) int8 and (R,) scales -> (R, C) float32."""
+    check_shape(quantized, "R C", name="quantized", dtype="int")
+    check_shape(scale, "R", name="scale", dtype="float", R=quantized.shape[0])
+    return quantized.float() * scale.float()[:, None]
+
+
+def export_language_model(model: LanguageModel, tokenizer, out_dir: str | os.PathLike, provenance: dict,
+                          int8: bool = False) -> Path:
+    """Write ``model.pt`` (weights + config), ``tokenizer.model`` and ``provenance.json`` (with SHA-256s).
+
+    Weights are stored in fp16, or with ``int8`` every matrix in 8 bits with one scale per row
+    (:func:`quantize_rows`: half the size, for the 7.6-million-parameter translator) and the rest in fp16.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    weights = {name: (t.detach().half() if t.is_floating_point() else t.detach()).cpu()
-               for name, t in model.state_dict().items() if name != "out.weight"}  # tied: stored once
-    save_atomically({"format": "course_lib.language_model/1", "config": model.config, "weights": weights},
-                    out / "model.pt")
+    weights, scales = {}, {}
+    for name, t in model.state_dict().items():
+        if name == "out.weight":  # tied to the embedding: stored once
+            continue
+        if int8 and t.is_floating_point() and t.dim() == 2:
+            weights[name], scales[name] = quantize_rows(t.cpu())
+        else:
+            weights[name] = (t.detach().half() if t.is_floating_point() else t.detach()).cpu()
+    saved = {"format": "course_lib.language_model/1", "config": model.config, "weights": weights}
+    if scales:
+        saved["int8_row_scales"] = scales
+    save_atomically(saved, out / "model.pt")
     tokenizer.save(out / "tokenizer.model")
     write_provenance(out, provenance)
     return out
@@ -580,18 +728,21 @@ def export_language_model(model: LanguageModel, tokenizer, out_dir: str | os.Pat
 def load_language_model(family: str = "gpt", folder: str | os.PathLike | None = None, device="cpu"):
     """A shipped language model: ``(model in eval mode, tokenizer, provenance dict)``.
 
-    ``family`` is ``"gpt"`` or ``"bert"`` (the folders under ``data/pretrained/``), or give ``folder``.
+    ``family`` is ``"gpt"``, ``"bert"`` or ``"translator"`` (the folders under ``data/pretrained/``), or
+    give ``folder``.
     Every file is checked against the SHA-256 that ``provenance.json`` records before it is read.
     """
     if folder is None:
-        if family not in FAMILY_FOLDERS:
-            raise ValueError(f"family must be one of {sorted(FAMILY_FOLDERS)}, got {family!r}")
-        folder = PRETRAINED_ROOT / FAMILY_FOLDERS[family]
+        if family not in SHIPPED_FOLDERS:
+            raise ValueError(f"family must be one of {sorted(SHIPPED_FOLDERS)}, got {family!r}")
+        folder = PRETRAINED_ROOT / SHIPPED_FOLDERS[family]
     folder = Path(folder)
     provenance = read_provenance(folder, "trained language model")
     saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
     model = LanguageModel(**saved["config"])
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in saved["weights"].items()}, strict=False)
+    scales = saved.get("int8_row_scales", {})
+    weights = {k: dequantize_rows(v, scales[k]) if k in scales else v.float() for k, v in saved["weights"].items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     if set(missing) - {"out.weight"} or unexpected:
         raise ValueError(f"{folder / 'model.pt'} does not fit a LanguageModel: missing {missing}, unexpected {unexpected}")
     return model.to(device).eval(), Tokenizer.from_file(folder / "tokenizer.model"), provenance
@@ -600,13 +751,18 @@ def load_language_model(family: str = "gpt", folder: str | os.PathLike | None = 
 def main(argv: list[str] | None = None) -> int:
     """``python -m course_lib.families --family gpt --export data/pretrained/multi30k_en_gpt``: train and ship one."""
     parser = argparse.ArgumentParser(prog="python -m course_lib.families", description=main.__doc__)
-    parser.add_argument("--family", choices=sorted(FAMILY_FOLDERS), required=True)
+    parser.add_argument("--family", choices=sorted(SHIPPED_FOLDERS), required=True)
     parser.add_argument("--steps", type=int, default=None, help=f"updates (default: {PAIR_STEPS})")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="translator only: passes over the training pairs (an alternative to --steps)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--export", required=True, help="the folder to write the model, tokenizer and provenance to")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    command = "python -m course_lib.families " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.family == "translator":
+        return _train_translator(args, command)
     tokenizer = load_tokenizer(ENGLISH_VOCAB_SIZE, languages=("en",))
     vocab = Vocabulary.of(tokenizer)
     train, val = english_captions("train", tokenizer), english_captions("val", tokenizer)
@@ -622,8 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         scores["val_perplexity"] = perplexity(model, val)
     print(run.seconds, scores)
     provenance = {
-        "command": "python -m course_lib.families " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "family": model.family, "sizes": PAIR_SIZES, "training": training,
+        "command": command, "family": model.family, "sizes": PAIR_SIZES, "training": training,
         "tokenizer": {"vocab_size": ENGLISH_VOCAB_SIZE, "languages": ["en"], "sha256": tokenizer.sha256},
         "data": {"train_sequences": len(train), "val_sequences": len(val),
                  "blanks": "one word per validation caption, choose_blanks(seed=0)"},
@@ -634,6 +789,91 @@ def main(argv: list[str] | None = None) -> int:
     export_language_model(model, tokenizer, args.export, provenance)
     print(f"written to {args.export}")
     return 0
+
+
+def bleu_with_signature(hypotheses: list[str], references: list[str]) -> dict:
+    """sacreBLEU's corpus BLEU (cased, 13a), rounded to 2 places, with its signature (notebook 12)."""
+    from course_lib.train import corpus_bleu
+
+    score, signature = corpus_bleu(hypotheses, references)
+    return {"bleu": round(score.score, 2), "signature": str(signature)}
+
+
+def _train_translator(args, command: str) -> int:
+    from course_lib.data import load_split
+
+    tokenizer = load_tokenizer()  # notebook 10's: 8,000 pieces, German and English
+    vocab = Vocabulary.of(tokenizer)
+    val_pairs = load_split("val")
+    train = encode_translation_pairs(tokenizer, load_split("train"), vocab, TRANSLATOR_PAIR_MAX_LEN)
+    val = encode_translation_pairs(tokenizer, val_pairs, vocab, TRANSLATOR_PAIR_MAX_LEN)
+    per_epoch = len(sequence_batches(train, TRANSLATOR_TRAINING["max_tokens"], seed=TRANSLATOR_TRAINING["seed"]))
+    if (args.steps is None) == (args.epochs is None):
+        raise SystemExit("the translator needs --epochs or --steps (one of them)")
+    steps = args.steps or args.epochs * per_epoch
+    torch.manual_seed(TRANSLATOR_TRAINING["seed"])
+    model = LanguageModel(vocab.size, causal=True, **TRANSLATOR_SIZES)
+    history, started, last, evaluating = [], time.perf_counter(), [0], [0.0]
+    bleu_pairs = val_pairs[:TRANSLATOR_BLEU_SENTENCES]
+
+    def on_step(i: int, loss: float) -> None:
+        if i % 50 == 0:
+            print(f"step {i:5d}  loss {loss:.3f}", flush=True)
+        if i % per_epoch == 0 or i == steps:
+            eval_started = time.perf_counter()
+            seconds = eval_started - started - evaluating[0]  # training alone
+            hyps = translate_in_one_sequence(model, tokenizer, vocab, [de for de, _ in bleu_pairs])
+            row = {"epoch": round(i / per_epoch, 2), "step": i, "train_loss": sum(run_losses[last[0]:]) / (i - last[0]),
+                   "val_ppl": perplexity(model, val, sep_id=vocab.sep_id),
+                   "val_bleu": bleu_with_signature(hyps, [en for _, en in bleu_pairs])["bleu"],
+                   "train_seconds": round(seconds, 1)}
+            history.append(row)
+            last[0] = i
+            print(row, flush=True)
+            model.train()
+            evaluating[0] += time.perf_counter() - eval_started
+
+    run_losses: list[float] = []
+    run = train_language_model(model, train, steps=steps, vocab=vocab, sep_id=vocab.sep_id,
+                               on_step=lambda i, loss: (run_losses.append(loss), on_step(i, loss)),
+                               **TRANSLATOR_TRAINING)
+    checkpoint = Path("runs") / "translator_gpt_trained.pt"  # full precision, in case the export goes wrong
+    checkpoint.parent.mkdir(exist_ok=True)
+    save_atomically({"config": model.config, "state": model.state_dict()}, checkpoint)
+    references = [en for _, en in val_pairs]
+    trained_bleu = bleu_with_signature(translate_in_one_sequence(model, tokenizer, vocab,
+                                                                 [de for de, _ in val_pairs]), references)
+    trained_ppl = perplexity(model, val, sep_id=vocab.sep_id)
+    provenance = _translator_provenance(command, model, tokenizer, train, val, steps, per_epoch, run, evaluating[0],
+                                        history, {"val_greedy_full_precision": trained_bleu,
+                                                  "val_ppl_full_precision": trained_ppl})
+    export_language_model(model, tokenizer, args.export, provenance, int8=True)
+    shipped, _, _ = load_language_model(folder=args.export)  # measure what is shipped: 8-bit matrices
+    decode_started = time.perf_counter()
+    hyps = translate_in_one_sequence(shipped, tokenizer, vocab, [de for de, _ in val_pairs])
+    provenance.update({"val_greedy": bleu_with_signature(hyps, references),
+                       "val_greedy_seconds": round(time.perf_counter() - decode_started, 1),
+                       "val_ppl": perplexity(shipped, val, sep_id=vocab.sep_id)})
+    print(provenance, flush=True)
+    write_provenance(Path(args.export), provenance)
+    print(f"written to {args.export}")
+    return 0
+
+
+def _translator_provenance(command, model, tokenizer, train, val, steps, per_epoch, run, evaluating, history,
+                           scores) -> dict:
+    return {
+        "command": command, "family": "decoder-only translator", "sizes": TRANSLATOR_SIZES,
+        "training": dict(TRANSLATOR_TRAINING, steps=steps, betas=list(TRANSLATOR_TRAINING["betas"])),
+        "updates_per_epoch": per_epoch, "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "languages": ["de", "en"], "sha256": tokenizer.sha256},
+        "data": {"train_pairs": len(train), "val_pairs": len(val), "pair_max_len": TRANSLATOR_PAIR_MAX_LEN,
+                 "sequence": "[BOS] German [SEP] English [EOS], loss on the English side (and EOS) only"},
+        "hardware": hardware_description(torch.device("cpu")), "torch": torch.__version__,
+        "train_seconds": round(run.seconds - evaluating, 1), "evaluation_seconds": round(evaluating, 1),
+        "predicted_tokens_per_second": round(run.predicted_tokens / (run.seconds - evaluating)),
+        "epochs": history, "shipped_weights": "int8 matrices (one scale per row), fp16 vectors", **scores,
+    }
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ class WordTokenizer:
     def id_to_piece(self, i):
         return "▁" + self.words[i - 4] if 4 <= i < 4 + len(self.words) else f"<{i}>"
 
+    def decode(self, ids):
+        ids = list(ids)
+        ids = ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+        return " ".join(self.words[i - 4] if 4 <= i < 4 + len(self.words) else f"<{i}>" for i in ids if i > EOS_ID)
+
 
 def model_of(causal=True, seed=0, **sizes):
     torch.manual_seed(seed)
@@ -409,3 +414,118 @@ def test_a_batch_of_prompts_of_one_length_is_continued_row_by_row():
         generate_text(model, [[BOS_ID, 5], [BOS_ID]])
     with pytest.raises(ValueError, match="start with BOS"):
         generate_text(model, [[BOS_ID, 5], [5, 6]])
+
+
+# --- translation as one sequence ------------------------------------------------------------------
+
+def test_encode_translation_pairs_joins_the_two_sides_with_the_separator():
+    pairs = [("a dog", "the man runs"), ("a dog is barking at the cat", "a cat"), ("man", "dog")]
+    out = families.encode_translation_pairs(WordTokenizer(), pairs, VOCAB, max_len=4)
+    assert out == [[BOS_ID, 4, 5, VOCAB.sep_id, 10, 11, 12, EOS_ID], [BOS_ID, 11, VOCAB.sep_id, 5, EOS_ID]]
+    assert len(families.encode_translation_pairs(WordTokenizer(), pairs, VOCAB, max_len=None)) == 3
+
+
+def test_one_sequence_budget_is_the_translators():
+    from course_lib.decoding import output_budget
+
+    for n in (1, 7, 30):
+        assert families.one_sequence_budget(n) == output_budget(torch.ones(1, n + 1, dtype=torch.long))[0]
+
+
+def test_translate_in_one_sequence_continues_each_source_after_the_separator():
+    model, tok = model_of(seed=3, max_len=32), WordTokenizer()
+    sentences = ["a dog is barking", "the man runs", "  ", "a cat", "the dog is at the cat"]
+    out = families.translate_in_one_sequence(model, tok, VOCAB, sentences, batch_size=2)
+    assert out[2] == ""
+    for sentence, text in zip(sentences, out):
+        if sentence.strip():
+            ids = tok.encode(sentence)
+            budget = min(families.one_sequence_budget(len(ids)), model.max_len - len(ids) - 2)
+            new = generate_text(model, [BOS_ID, *ids, VOCAB.sep_id], max_new_tokens=budget, top_k=1)[0]
+            assert text == tok.decode([t for t in new if t < VOCAB.tokenizer_size])
+    assert families.translate_in_one_sequence(model, tok, VOCAB, sentences[::-1]) == out[::-1]
+    with pytest.raises(TypeError, match="list of sentences"):
+        families.translate_in_one_sequence(model, tok, VOCAB, "a dog")
+    with pytest.raises(ValueError, match="max_len"):
+        families.translate_in_one_sequence(model_of(max_len=6), tok, VOCAB, ["a dog is barking"])
+
+
+def test_label_smoothing_in_the_predicted_loss():
+    model = model_of(seed=4)
+    inputs, targets = next_token_targets(batch(random_rows(5, 12)))
+    logits = model(inputs)
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB.size), targets.reshape(-1), ignore_index=IGNORE,
+                               label_smoothing=0.1)
+    torch.testing.assert_close(families.predicted_loss(model, inputs, targets, label_smoothing=0.1), expected)
+    torch.testing.assert_close(families.predicted_loss(model, inputs, targets, 0.0),
+                               language_model_loss(logits, targets))
+
+
+def test_training_a_translation_trains_on_the_target_side_only():
+    sep = VOCAB.sep_id
+    rows = [[BOS_ID, 4, 5, sep, 14, 15, EOS_ID], [BOS_ID, 6, 7, 8, sep, 16, 17, 18, EOS_ID]] * 8
+    model = model_of(seed=5)
+    run = train_language_model(model, rows, steps=40, max_tokens=64, lr=1e-2, warmup_steps=5, sep_id=sep,
+                               label_smoothing=0.1, betas=(0.9, 0.98), final_lr_fraction=0.1)
+    assert sum(run.losses[-5:]) < 0.5 * sum(run.losses[:5])
+    whole = perplexity(model, rows)
+    target_side = perplexity(model, rows, sep_id=sep)
+    assert target_side < whole  # it never learned to predict the source
+    with pytest.raises(ValueError, match="encoder-only model sees the target"):
+        training_pair(model_of(causal=False), batch(rows[:2]), VOCAB, torch.Generator(), sep_id=sep)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        train_language_model(model, rows, steps=1, label_smoothing=1.0)
+
+
+def test_quantize_rows_keeps_every_value_within_half_a_step():
+    weight = torch.randn(6, 10) * torch.tensor([1e-3, 0.1, 1.0, 5.0, 0.0, 2.0])[:, None]
+    quantized, scale = families.quantize_rows(weight)
+    assert quantized.dtype == torch.int8 and scale.shape == (6,)
+    back = families.dequantize_rows(quantized, scale)
+    assert bool(((back - weight).abs() <= scale[:, None] / 2 + 1e-7).all())
+    assert int(quantized.abs().max()) == 127 and bool((back[4] == 0).all())
+    with pytest.raises(ValueError, match="weight"):
+        families.quantize_rows(torch.randn(5))
+    with pytest.raises(ValueError, match="scale"):
+        families.dequantize_rows(quantized, scale[:3])
+
+
+def test_an_int8_export_is_smaller_and_close(tmp_path):
+    from course_lib.tokenizer import train_sentencepiece
+
+    tokenizer = train_sentencepiece(["a dog is barking at a cat", "the man runs"] * 20, vocab_size=26)
+    model = LanguageModel(Vocabulary.of(tokenizer).size, d_model=64, h=2, num_layers=2, d_ff=128, max_len=12).eval()
+    families.export_language_model(model, tokenizer, tmp_path / "fp16", {})
+    families.export_language_model(model, tokenizer, tmp_path / "int8", {}, int8=True)
+    assert (tmp_path / "int8" / "model.pt").stat().st_size < 0.75 * (tmp_path / "fp16" / "model.pt").stat().st_size
+    loaded, _, _ = families.load_language_model(folder=tmp_path / "int8")
+    ids = torch.tensor([[BOS_ID, 5, 6, EOS_ID]])
+    torch.testing.assert_close(torch.softmax(loaded(ids), -1), torch.softmax(model(ids), -1), atol=2e-2, rtol=0.1)
+
+
+def test_attention_by_region_splits_the_targets_attention_three_ways():
+    sep = VOCAB.sep_id
+    ids = batch([[BOS_ID, 4, 5, 6, sep, 7, 8, EOS_ID], [BOS_ID, 9, sep, 10, EOS_ID]])
+    model = model_of(seed=6)
+    share = families.attention_by_region(model, ids, sep)
+    assert share.shape == (2, 3)
+    torch.testing.assert_close(share.sum(dim=1), torch.ones(2))
+    maps = families.attention_maps(model, ids).mean(dim=2)  # (L, B, T, T)
+    by_hand = []
+    for layer in range(2):
+        rows = [maps[layer, 0, q] for q in (4, 5, 6)] + [maps[layer, 1, q] for q in (2, 3)]
+        sources = [slice(1, 4)] * 3 + [slice(1, 2)] * 2
+        by_hand.append(sum(float(r[s].sum()) for r, s in zip(rows, sources)) / 5)
+    torch.testing.assert_close(share[:, 1], torch.tensor(by_hand))
+    with pytest.raises(ValueError, match="exactly one separator"):
+        families.attention_by_region(model, batch([[BOS_ID, 4, EOS_ID]]), sep)
+
+
+def test_bleu_with_signature_is_sacrebleus_cased_score():
+    from sacrebleu.metrics import BLEU
+
+    hyps, refs = ["a dog runs on the grass .", "two men play"], ["A dog runs on the grass.", "Two men play football."]
+    out = families.bleu_with_signature(hyps, refs)
+    assert out["bleu"] == round(BLEU().corpus_score(hyps, [refs]).score, 2)
+    assert out["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert families.bleu_with_signature(refs, refs)["bleu"] == 100.0
