@@ -818,7 +818,7 @@ def _train_translator(args, command: str) -> int:
 
     def on_step(i: int, loss: float) -> None:
         if i % 50 == 0:
-            print(f"step {i:5d}  loss {loss:.3f}", flush=True)
+            print(f"step {i:5d}  loss {loss:.3f}  {time.perf_counter() - started - evaluating[0]:6.0f} s", flush=True)
         if i % per_epoch == 0 or i == steps:
             eval_started = time.perf_counter()
             seconds = eval_started - started - evaluating[0]  # training alone
