@@ -33,6 +33,11 @@ from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, check_texts
 from course_lib.transformer import Seq2SeqTransformer
 
 
+def length_budget(source_tokens: int) -> int:
+    """The most tokens a translation of a ``source_tokens``-token source may have: 1.5 x that, plus 10."""
+    return int(1.5 * source_tokens) + 10
+
+
 def output_budget(src: torch.Tensor, pad_id: int = PAD_ID) -> list[int]:
     """The most tokens each sentence may generate: 1.5 x its own source length, plus 10.
 
@@ -46,7 +51,7 @@ def output_budget(src: torch.Tensor, pad_id: int = PAD_ID) -> list[int]:
         B ints, one budget per sentence.
     """
     check_shape(src, "B S", name="src", dtype="int")
-    return [int(1.5 * n) + 10 for n in (src != pad_id).sum(dim=1).tolist()]
+    return [length_budget(n) for n in (src != pad_id).sum(dim=1).tolist()]
 
 
 def default_max_len(src: torch.Tensor, pad_id: int = PAD_ID) -> int:

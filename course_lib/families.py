@@ -37,7 +37,7 @@ from torch import nn
 
 from course_lib.batching import Example, encode_pairs, token_budget_batches
 from course_lib.blocks import EncoderBlock
-from course_lib.decoding import eval_mode, generate, sample_next_token
+from course_lib.decoding import eval_mode, generate, length_budget, sample_next_token
 from course_lib.kv_cache import KVCache
 from course_lib.masking import causal_mask, pad_sequences
 from course_lib.positional import LearnedPositionalEmbedding
@@ -45,7 +45,7 @@ from course_lib.shapes import check_int, check_shape
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer
 from course_lib.train import (hardware_description, learning_rate, read_provenance, save_atomically,
                               write_provenance)
-from course_lib.transformer import check_token_ids
+from course_lib.transformer import check_token_ids, count_parameters
 
 #: The target value that the loss skips (padding, and the unchosen positions of a masked language model).
 IGNORE = -100
@@ -535,7 +535,7 @@ def encode_translation_pairs(tokenizer, pairs: Sequence[tuple[str, str]], vocab:
 def one_sequence_budget(source_length: int) -> int:
     """The most English tokens for a German sentence of ``source_length`` pieces: the translator's
     :func:`~course_lib.decoding.output_budget` (1.5 x the source with its end token, plus 10)."""
-    return int(1.5 * (source_length + 1)) + 10
+    return length_budget(source_length + 1)
 
 
 def translate_in_one_sequence(model: LanguageModel, tokenizer, vocab: Vocabulary, sentences: Sequence[str],
@@ -581,7 +581,7 @@ def attention_maps(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int) -> torch.Tensor:
+def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int, even: bool = False) -> torch.Tensor:
     """Where a decoder-only translator looks while it writes the target, block by block.
 
     Args:
@@ -592,6 +592,8 @@ def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int) ->
         (L, 3): for each block, the attention weight (averaged over heads, then over every query that
         predicts a target token, from SEP to the token before EOS, in every row) that falls on
         ``BOS``, on the source tokens, and on ``SEP`` with the target written so far. Each row adds up to 1.
+        With ``even=True``, (1, 3): the same split for queries that spread their attention evenly over
+        every position the causal mask lets them see, the baseline to read the model's against.
     """
     sizes = check_shape(ids, "B T", name="ids", dtype="int")
     is_sep = ids == sep_id
@@ -603,7 +605,11 @@ def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int) ->
     key = position.expand(sizes["B"], -1)  # (B, T_k)
     regions = torch.stack([key == 0, (key > 0) & (key < sep[:, None]), key >= sep[:, None]], dim=-1).float()  # (B, T_k, 3)
     queries = (position[None, :] >= sep[:, None]) & (position[None, :] < last[:, None])  # (B, T_q)
-    weights = attention_maps(model, ids).mean(dim=2)  # (L, B, T_q, T_k)
+    if even:
+        allowed = (key[:, None, :] <= position[None, :, None]).float()  # (B, T_q, T_k): keys up to the query
+        weights = (allowed / allowed.sum(dim=-1, keepdim=True))[None]  # (1, B, T_q, T_k)
+    else:
+        weights = attention_maps(model, ids).mean(dim=2)  # (L, B, T_q, T_k)
     mass = weights @ regions  # (L, B, T_q, 3)
     return mass[:, queries].mean(dim=1)  # (L, 3)
 
@@ -865,7 +871,7 @@ def _translator_provenance(command, model, tokenizer, train, val, steps, per_epo
     return {
         "command": command, "family": "decoder-only translator", "sizes": TRANSLATOR_SIZES,
         "training": dict(TRANSLATOR_TRAINING, steps=steps, betas=list(TRANSLATOR_TRAINING["betas"])),
-        "updates_per_epoch": per_epoch, "parameters": sum(p.numel() for p in model.parameters()),
+        "updates_per_epoch": per_epoch, "parameters": count_parameters(model),
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "languages": ["de", "en"], "sha256": tokenizer.sha256},
         "data": {"train_pairs": len(train), "val_pairs": len(val), "pair_max_len": TRANSLATOR_PAIR_MAX_LEN,
                  "sequence": "[BOS] German [SEP] English [EOS], loss on the English side (and EOS) only"},

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from course_lib.decoding import (beam_search, beam_search_loop, default_max_len, filter_logits, greedy_search,
-                                 length_penalty, output_budget, sample, sample_next_token, sentence_budgets,
+                                 length_budget, length_penalty, output_budget, sample, sample_next_token, sentence_budgets,
                                  translate)
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_sentencepiece
 from course_lib.transformer import Seq2SeqTransformer, greedy_decode
@@ -685,3 +685,9 @@ def test_generate_continues_a_prefix_and_returns_only_the_new_tokens():
         generate(next_logits, 2, 5, lambda logits: logits.argmax(dim=-1), prefix=torch.tensor([[BOS_ID]]))
     with pytest.raises(ValueError, match="no tokens"):
         generate(next_logits, 1, 5, lambda logits: logits.argmax(dim=-1), prefix=torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_length_budget_is_one_and_a_half_times_the_source_plus_ten():
+    assert [length_budget(n) for n in (0, 1, 7, 20)] == [10, 11, 20, 40]
+    src = torch.tensor([[5, 6, 7, EOS_ID], [5, EOS_ID, PAD_ID, PAD_ID]])
+    assert output_budget(src) == [length_budget(4), length_budget(2)]

@@ -517,6 +517,10 @@ def test_attention_by_region_splits_the_targets_attention_three_ways():
         sources = [slice(1, 4)] * 3 + [slice(1, 2)] * 2
         by_hand.append(sum(float(r[s].sum()) for r, s in zip(rows, sources)) / 5)
     torch.testing.assert_close(share[:, 1], torch.tensor(by_hand))
+    even = families.attention_by_region(model, ids, sep, even=True)  # each query spread over what it may see
+    assert even.shape == (1, 3)
+    torch.testing.assert_close(even[0, 1], torch.tensor((3 / 5 + 3 / 6 + 3 / 7 + 1 / 3 + 1 / 4) / 5))
+    torch.testing.assert_close(even[0, 0], torch.tensor((1 / 5 + 1 / 6 + 1 / 7 + 1 / 3 + 1 / 4) / 5))
     with pytest.raises(ValueError, match="exactly one separator"):
         families.attention_by_region(model, batch([[BOS_ID, 4, EOS_ID]]), sep)
 
