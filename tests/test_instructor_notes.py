@@ -310,6 +310,20 @@ def test_timing_plan_fits_the_stated_time(notebook):
                                   f"says **Time:** {text!r}, so between {low:g} and {high:g} minutes")
 
 
+def test_notes_quote_the_notebooks_own_time(notebook):
+    """Where the notes say "The notebook says **Time:** ...", the durations are the notebook's own."""
+    path = _notes_path(notebook)
+    if not path.exists():
+        pytest.fail(f"{notebook.name} has no instructor notes ({path.relative_to(ROOT)})")
+    notes = path.read_text(encoding="utf-8")
+    if "**Time:**" not in notes:
+        return
+    quoted = stated_minutes(notes)
+    stated = stated_minutes(_first_cell(notebook))
+    assert quoted[:2] == stated[:2], (f"{path.name} quotes **Time:** {quoted[2]!r}, but the notebook says "
+                                      f"**Time:** {stated[2]!r}")
+
+
 def test_quoted_check_messages_are_what_learners_see(notebook):
     path = _notes_path(notebook)
     if not path.exists():
