@@ -43,8 +43,8 @@ from course_lib.masking import causal_mask, pad_sequences
 from course_lib.positional import LearnedPositionalEmbedding
 from course_lib.shapes import check_int, check_shape
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, load_tokenizer
-from course_lib.train import (hardware_description, learning_rate, read_provenance, save_atomically,
-                              write_provenance)
+from course_lib.train import (bleu_with_signature, hardware_description, learning_rate, read_provenance,
+                              save_atomically, write_provenance)
 from course_lib.transformer import check_token_ids, count_parameters
 
 #: The target value that the loss skips (padding, and the unchosen positions of a masked language model).
@@ -606,8 +606,8 @@ def attention_by_region(model: LanguageModel, ids: torch.Tensor, sep_id: int, ev
     regions = torch.stack([key == 0, (key > 0) & (key < sep[:, None]), key >= sep[:, None]], dim=-1).float()  # (B, T_k, 3)
     queries = (position[None, :] >= sep[:, None]) & (position[None, :] < last[:, None])  # (B, T_q)
     if even:
-        allowed = (key[:, None, :] <= position[None, :, None]).float()  # (B, T_q, T_k): keys up to the query
-        weights = (allowed / allowed.sum(dim=-1, keepdim=True))[None]  # (1, B, T_q, T_k)
+        allowed = causal_mask(sizes["T"], device=ids.device).float()  # (T_q, T_k): keys up to the query
+        weights = (allowed / allowed.sum(dim=-1, keepdim=True)).expand(1, sizes["B"], -1, -1)  # (1, B, T_q, T_k)
     else:
         weights = attention_maps(model, ids).mean(dim=2)  # (L, B, T_q, T_k)
     mass = weights @ regions  # (L, B, T_q, 3)
@@ -797,14 +797,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def bleu_with_signature(hypotheses: list[str], references: list[str]) -> dict:
-    """sacreBLEU's corpus BLEU (cased, 13a), rounded to 2 places, with its signature (notebook 12)."""
-    from course_lib.train import corpus_bleu
-
-    score, signature = corpus_bleu(hypotheses, references)
-    return {"bleu": round(score.score, 2), "signature": str(signature)}
-
-
 def _train_translator(args, command: str) -> int:
     from course_lib.data import load_split
 
@@ -819,29 +811,29 @@ def _train_translator(args, command: str) -> int:
     steps = args.steps or args.epochs * per_epoch
     torch.manual_seed(TRANSLATOR_TRAINING["seed"])
     model = LanguageModel(vocab.size, causal=True, **TRANSLATOR_SIZES)
-    history, started, last, evaluating = [], time.perf_counter(), [0], [0.0]
+    history, losses, started = [], [], time.perf_counter()
+    epoch_start, evaluating = 0, 0.0  # the step the current epoch began after; seconds spent evaluating
     bleu_pairs = val_pairs[:TRANSLATOR_BLEU_SENTENCES]
 
     def on_step(i: int, loss: float) -> None:
+        nonlocal epoch_start, evaluating
+        losses.append(loss)
         if i % 50 == 0:
-            print(f"step {i:5d}  loss {loss:.3f}  {time.perf_counter() - started - evaluating[0]:6.0f} s", flush=True)
+            print(f"step {i:5d}  loss {loss:.3f}  {time.perf_counter() - started - evaluating:6.0f} s", flush=True)
         if i % per_epoch == 0 or i == steps:
             eval_started = time.perf_counter()
-            seconds = eval_started - started - evaluating[0]  # training alone
             hyps = translate_in_one_sequence(model, tokenizer, vocab, [de for de, _ in bleu_pairs])
-            row = {"epoch": round(i / per_epoch, 2), "step": i, "train_loss": sum(run_losses[last[0]:]) / (i - last[0]),
+            row = {"epoch": round(i / per_epoch, 2), "step": i, "train_loss": sum(losses[epoch_start:]) / (i - epoch_start),
                    "val_ppl": perplexity(model, val, sep_id=vocab.sep_id),
                    "val_bleu": bleu_with_signature(hyps, [en for _, en in bleu_pairs])["bleu"],
-                   "train_seconds": round(seconds, 1)}
+                   "train_seconds": round(eval_started - started - evaluating, 1)}  # training alone
             history.append(row)
-            last[0] = i
+            epoch_start = i
             print(row, flush=True)
             model.train()
-            evaluating[0] += time.perf_counter() - eval_started
+            evaluating += time.perf_counter() - eval_started
 
-    run_losses: list[float] = []
-    run = train_language_model(model, train, steps=steps, vocab=vocab, sep_id=vocab.sep_id,
-                               on_step=lambda i, loss: (run_losses.append(loss), on_step(i, loss)),
+    run = train_language_model(model, train, steps=steps, vocab=vocab, sep_id=vocab.sep_id, on_step=on_step,
                                **TRANSLATOR_TRAINING)
     checkpoint = Path("runs") / "translator_gpt_trained.pt"  # full precision, in case the export goes wrong
     checkpoint.parent.mkdir(exist_ok=True)
@@ -850,7 +842,7 @@ def _train_translator(args, command: str) -> int:
     trained_bleu = bleu_with_signature(translate_in_one_sequence(model, tokenizer, vocab,
                                                                  [de for de, _ in val_pairs]), references)
     trained_ppl = perplexity(model, val, sep_id=vocab.sep_id)
-    provenance = _translator_provenance(command, model, tokenizer, train, val, steps, per_epoch, run, evaluating[0],
+    provenance = _translator_provenance(command, model, tokenizer, train, val, steps, per_epoch, run, evaluating,
                                         history, {"val_greedy_full_precision": trained_bleu,
                                                   "val_ppl_full_precision": trained_ppl})
     export_language_model(model, tokenizer, args.export, provenance, int8=True)

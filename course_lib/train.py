@@ -218,6 +218,15 @@ def corpus_bleu(hypotheses: list[str], references: list[str], lowercase_tokenize
     return metric.corpus_score(hypotheses, [references]), metric.get_signature()
 
 
+def bleu_with_signature(hypotheses: list[str], references: list[str]) -> dict:
+    """:func:`corpus_bleu` (cased, 13a) as ``{"bleu": score rounded to 2 places, "signature": str}``.
+
+    The form in which the training commands record a score in provenance, and notebook 13 prints one.
+    """
+    score, signature = corpus_bleu(hypotheses, references)
+    return {"bleu": round(score.score, 2), "signature": str(signature)}
+
+
 # --- the state of a run ---------------------------------------------------------------------------
 
 def rng_state() -> dict:
@@ -685,13 +694,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             hyps = translate(trainer.model, tokenizer, [p[0] for p in test], beam_size=beam, device=device, warn=False)
             seconds = time.perf_counter() - t0
-            cased, signature = corpus_bleu(hyps, [p[1] for p in test])
+            cased = bleu_with_signature(hyps, [p[1] for p in test])
             lower, lower_signature = corpus_bleu(hyps, [p[1] for p in test], lowercase_tokenized=True)
             name = "greedy" if beam == 1 else f"beam{beam}"
-            scores[name] = {"bleu": round(cased.score, 2), "signature": str(signature),
-                            "bleu_lowercase": round(lower.score, 2), "signature_lowercase": str(lower_signature),
+            scores[name] = {**cased, "bleu_lowercase": round(lower.score, 2), "signature_lowercase": str(lower_signature),
                             "seconds": round(seconds, 1)}
-            say(f"test_2016_flickr {name}: BLEU {cased.score:.2f} ({signature}); lowercased {lower.score:.2f}")
+            say(f"test_2016_flickr {name}: BLEU {cased['bleu']:.2f} ({cased['signature']}); lowercased {lower.score:.2f}")
         if args.export:
             provenance = {
                 "command": "python -m course_lib.train " + " ".join(argv if argv is not None else sys.argv[1:]),

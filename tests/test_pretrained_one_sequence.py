@@ -54,7 +54,8 @@ def test_the_translator_matches_the_encoder_decoder_in_size_and_recipe(one_seque
 @needs_multi30k
 def test_the_recorded_bleu_holds_for_the_shipped_weights(one_sequence_translator):
     from course_lib.data import load_split
-    from course_lib.families import bleu_with_signature, encode_translation_pairs, translate_in_one_sequence
+    from course_lib.families import encode_translation_pairs, translate_in_one_sequence
+    from course_lib.train import bleu_with_signature
 
     model, tokenizer, provenance = one_sequence_translator
     vocab = Vocabulary.of(tokenizer)

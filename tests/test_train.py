@@ -26,8 +26,8 @@ from course_lib import data
 from course_lib.batching import BatchPlan, collate, encode_pairs
 from course_lib.decoding import greedy_search, translate
 from course_lib.tokenizer import EOS_ID, PAD_ID, train_sentencepiece
-from course_lib.train import (RECIPES, EpochResult, Recipe, Trainer, autocast_for, build_model, corpus_bleu,
-                              default_recipe_name, export_model, get_recipe, hardware_description,
+from course_lib.train import (RECIPES, EpochResult, Recipe, Trainer, autocast_for, bleu_with_signature, build_model,
+                              corpus_bleu, default_recipe_name, export_model, get_recipe, hardware_description,
                               label_smoothed_loss, learning_rate, load_pretrained, main, make_optimizer,
                               make_scheduler, parse_overrides, rng_state, save_atomically, set_rng_state,
                               sha256_file, train_step)
@@ -274,6 +274,16 @@ def test_corpus_bleu():
 
 def _leftovers(folder):
     return sorted(p.name for p in Path(folder).iterdir() if p.name.endswith(".part") or p.name.startswith("."))
+
+
+def test_bleu_with_signature_is_sacrebleus_cased_score():
+    from sacrebleu.metrics import BLEU
+
+    hyps, refs = ["a dog runs on the grass .", "two men play"], ["A dog runs on the grass.", "Two men play football."]
+    out = bleu_with_signature(hyps, refs)
+    assert out["bleu"] == round(BLEU().corpus_score(hyps, [refs]).score, 2)
+    assert out["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert bleu_with_signature(refs, refs)["bleu"] == 100.0
 
 
 def test_save_atomically_replaces_the_file_in_one_step(tmp_path):
