@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.blocks import FeedForward, layer_norm
-from course_lib.checks.blocks import _reference_block, check_encoder_block, check_layer_norm
+from course_lib.checks.blocks import _reference_block, check_encoder_block, check_layer_norm, check_top_k_routing
 from course_lib.checks.core import CORRECT, ERROR, NOT_DONE, WRONG
+from course_lib.moe import top_k_routing
 from course_lib.multihead import MultiHeadAttention
 
 
@@ -171,3 +172,88 @@ def test_the_reference_block_has_two_different_norms_and_is_pre_ln():
     ref = _reference_block()
     assert ref.norm_first and not torch.allclose(ref.norm1.weight, ref.norm2.weight)
     assert not torch.allclose(ref.norm1.weight, torch.ones(8))
+
+
+# --- exercise 3: top_k_routing ----------------------------------------------------------------------------------
+
+def _routing_from(probs_fn=lambda l: torch.softmax(l, dim=-1), renormalize=True, largest=True):
+    def attempt(router_logits, k):
+        probs = probs_fn(router_logits)
+        top, experts = probs.topk(k, dim=-1, largest=largest)
+        return (top / top.sum(-1, keepdim=True) if renormalize else top), experts
+    return attempt
+
+
+def _softmax_of_chosen_logits(router_logits, k):
+    top, experts = router_logits.topk(k, dim=-1)
+    return torch.softmax(top, dim=-1), experts
+
+
+def _ascending_experts(router_logits, k):
+    weights, experts = top_k_routing(router_logits, k)
+    order = experts.argsort(dim=-1)
+    return weights.gather(-1, order), experts.gather(-1, order)
+
+
+def test_top_k_routing_check_accepts_correct_answers():
+    assert check_top_k_routing(top_k_routing).status == CORRECT
+    assert check_top_k_routing(_routing_from()).status == CORRECT
+    assert check_top_k_routing(_softmax_of_chosen_logits).status == CORRECT  # Mixtral's way, the same weights
+    assert check_top_k_routing(_ascending_experts).status == CORRECT  # any order, each weight beside its expert
+
+
+def _no_grad_routing(router_logits, k):
+    with torch.no_grad():
+        return top_k_routing(router_logits, k)
+
+
+def _rebuilt_from_numbers(router_logits, k):
+    weights, experts = top_k_routing(router_logits, k)
+    return torch.tensor(weights.tolist()), experts
+
+
+def _denominator_detached_attempt(router_logits, k):
+    top, experts = torch.softmax(router_logits, dim=-1).topk(k, dim=-1)
+    return top / top.sum(-1, keepdim=True).detach(), experts
+
+
+def _experts_as_float(router_logits, k):
+    weights, experts = top_k_routing(router_logits, k)
+    return weights, experts.float()
+
+
+def _mismatched_order(router_logits, k):
+    weights, experts = top_k_routing(router_logits, k)
+    return weights, experts.flip(-1)
+
+
+@pytest.mark.parametrize("attempt, fragment", [
+    (_not_done, "replace `raise NotImplementedError`"),
+    (_routing_from(lambda l: torch.softmax(l, dim=0)), "softmax over dim=0 (the tokens"),
+    (_routing_from(lambda l: torch.softmax(l, dim=-2)), "instead of over the experts, dim=-1"),
+    (_routing_from(lambda l: torch.softmax(l, dim=1) if l.ndim == 3 else torch.softmax(l, dim=-1)),
+     "softmax over dim=-2 (the positions)"),
+    (_routing_from(renormalize=False), "not renormalised over the k chosen experts"),
+    (_routing_from(lambda l: l), "renormalised the raw logits"),
+    (_routing_from(largest=False), "*lowest*-scoring experts"),
+    (lambda l, k: (torch.full(l.shape[:-1] + (k,), 1.0 / k), l.topk(k, -1).indices), "the same weight 1/k"),
+    (_no_grad_routing, "the gradient is cut"),
+    (lambda l, k: tuple(t.detach() for t in top_k_routing(l, k)), "the gradient is cut"),
+    (_rebuilt_from_numbers, "the gradient is cut"),
+    (_denominator_detached_attempt, "detached the sum you divide by"),
+    (lambda l, k: top_k_routing(l, k)[::-1], "you returned (experts, weights)"),
+    (_experts_as_float, "integer indices"),
+    (lambda l, k: top_k_routing(l, k)[0], "expected a pair (weights, experts)"),
+    (lambda l, k: top_k_routing(l, min(k + 1, l.shape[-1])), "expected shape"),
+    (_mismatched_order, "the values differ"),
+    (lambda l, k: 1 / 0, "raised ZeroDivisionError"),
+])
+def test_top_k_routing_check_names_the_mistake(attempt, fragment):
+    result = check_top_k_routing(attempt)
+    assert not result.passed
+    assert fragment in result.message, result.message
+
+
+def test_top_k_routing_check_refuses_a_non_function():
+    result = check_top_k_routing(top_k_routing(torch.randn(3, 4), 2))
+    assert result.status == ERROR and "expected a function" in result.message

@@ -1,12 +1,15 @@
-"""Notebook 08's exercises: layer normalisation by hand, and a pre-LN encoder block built as a module."""
+"""Notebook 08's exercises: layer normalisation by hand, a pre-LN encoder block built as a module, and the
+top-k routing step of a mixture of experts."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from course_lib.blocks import EncoderBlock, layer_norm
-from course_lib.checks.core import (ERROR, Case, CheckResult, Mistake, ModuleMistake, check_function, check_module,
+from course_lib.checks.core import (CORRECT, ERROR, NOT_DONE, WRONG, Case, CheckResult, Mistake, ModuleMistake,
+                                   check_function, check_module, compare_answer, describe_value, same_value,
                                    seeded_module)
+from course_lib.moe import top_k_routing
 
 # --- exercise 1: layer_norm -------------------------------------------------------------------------------------
 
@@ -247,3 +250,163 @@ def check_encoder_block(cls) -> CheckResult:
     if result.status == ERROR and "tuple" in result.message:
         return CheckResult(result.exercise, ERROR, result.message, _TUPLE_HINT)
     return result
+
+
+# --- exercise 3: the top-k routing step of a mixture of experts (section 9) ----------------------------------
+
+def _route(probs, k):
+    top, experts = probs.topk(k, dim=-1)
+    return top / top.sum(dim=-1, keepdim=True), experts
+
+
+def _routing_reference(logits, k):
+    return top_k_routing(logits, k)
+
+
+def _denominator_detached(logits, k):
+    top, experts = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+    return top / top.sum(dim=-1, keepdim=True).detach(), experts
+
+
+_ROUTING_MISTAKES = [
+    Mistake("you took the softmax over dim=0 (the tokens; the sentences of a (B, T, E) input) instead of over the "
+            "experts, dim=-1: each expert's scores were normalised across tokens, so a token's probabilities do "
+            "not sum to 1", lambda logits, k: _route(torch.softmax(logits, dim=0), k),
+            "torch.softmax(router_logits, dim=-1): one distribution over the E experts per token"),
+    Mistake("you took the softmax over dim=-2 (the positions) instead of over the experts, dim=-1: each expert's "
+            "scores were normalised across positions, so a token's probabilities do not sum to 1",
+            lambda logits, k: _route(torch.softmax(logits, dim=-2), k),
+            "torch.softmax(router_logits, dim=-1): one distribution over the E experts per token"),
+    Mistake("the weights are not renormalised over the k chosen experts: you kept the top-k probabilities of the "
+            "softmax over all E experts, so a token's weights sum to less than 1",
+            lambda logits, k: torch.softmax(logits, dim=-1).topk(k, dim=-1),
+            "divide the k probabilities by their sum: top / top.sum(dim=-1, keepdim=True)"),
+    Mistake("you renormalised the raw logits instead of probabilities: take the softmax first (or a softmax over "
+            "the k chosen logits, which gives the same weights)",
+            lambda logits, k: (lambda t: (t.values / t.values.sum(-1, keepdim=True), t.indices))(logits.topk(k, -1)),
+            "probs = torch.softmax(router_logits, dim=-1), then the top k of probs"),
+    Mistake("you gave each chosen expert the same weight 1/k: the router's probabilities must weight the experts, "
+            "or the router gets no gradient from the task",
+            lambda logits, k: (torch.full(logits.shape[:-1] + (k,), 1.0 / k), logits.topk(k, -1).indices),
+            "weights = the chosen probabilities divided by their sum"),
+    Mistake("you chose the k *lowest*-scoring experts: topk takes the largest by default (largest=True)",
+            lambda logits, k: _route_smallest(torch.softmax(logits, dim=-1), k),
+            "probs.topk(k, dim=-1) keeps the k largest"),
+]
+
+
+def _route_smallest(probs, k):
+    low, experts = probs.topk(k, dim=-1, largest=False)
+    return low / low.sum(dim=-1, keepdim=True), experts
+
+
+def _routing_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(909)
+    return [
+        Case((2 * torch.randn(6, 4, generator=gen), 2), "router_logits of shape (N=6, E=4), k=2"),
+        Case((2 * torch.randn(5, 5, generator=gen), 3), "router_logits of shape (N=5, E=5), k=3"),
+        Case((2 * torch.randn(2, 3, 6, generator=gen), 2), "router_logits of shape (B=2, T=3, E=6), k=2"),
+        Case((2 * torch.randn(4, 8, generator=gen), 1), "router_logits of shape (N=4, E=8), k=1"),
+    ]
+
+
+def _as_dense(weights, experts, n_experts):
+    """(..., k) weights and experts -> (..., E) with each weight at its expert's place, 0 elsewhere."""
+    return torch.zeros(weights.shape[:-1] + (n_experts,), dtype=weights.dtype).scatter(-1, experts, weights)
+
+
+def _routing_gradient(fn, logits, k, seed):
+    """The gradient of a fixed random function of the routing with respect to the logits (None if cut)."""
+    leaf = logits.clone().requires_grad_(True)
+    weights, experts = fn(leaf, k)
+    if not isinstance(weights, torch.Tensor) or not weights.requires_grad:
+        return None
+    probe = torch.randn(logits.shape, generator=torch.Generator().manual_seed(seed))
+    (_as_dense(weights, experts.long(), logits.shape[-1]) * probe).sum().backward()
+    return leaf.grad
+
+
+def _routing_problem(answer, case: Case) -> str | None:
+    """What is wrong with a learner's (weights, experts); None when both are right (in any consistent order)."""
+    logits, k = case.args
+    where = f" (on {case.description})"
+    if not isinstance(answer, tuple) or len(answer) != 2:
+        return f"expected a pair (weights, experts), got {describe_value(answer)}{where}"
+    weights, experts = answer
+    if not isinstance(experts, torch.Tensor) or not isinstance(weights, torch.Tensor):
+        return f"expected two tensors (weights, experts), got {describe_value(weights)} and {describe_value(experts)}"
+    if weights.dtype == torch.int64 and experts.is_floating_point():
+        return f"you returned (experts, weights): return the weights first, then the experts{where}"
+    expected_shape = tuple(logits.shape[:-1]) + (k,)
+    for name, value in (("weights", weights), ("experts", experts)):
+        if tuple(value.shape) != expected_shape:
+            return f"{name}: expected shape {expected_shape} = (..., k), got {tuple(value.shape)}{where}"
+    if experts.is_floating_point() or experts.dtype == torch.bool:
+        return (f"experts must hold integer indices (torch.int64, as topk returns them), got {experts.dtype}"
+                f"{where}")
+    ref_weights, ref_experts = _routing_reference(logits, k)
+    if not torch.equal(experts.sort(-1).values, ref_experts.sort(-1).values):
+        return f"you chose other experts than the k with the highest router probability{where}"
+    mine = _as_dense(weights.detach(), experts, logits.shape[-1])
+    theirs = _as_dense(ref_weights, ref_experts, logits.shape[-1])
+    return compare_answer(mine, theirs, shape_names="(..., E), each weight placed at its expert")
+
+
+def check_top_k_routing(fn) -> CheckResult:
+    """Check a learner's ``top_k_routing(router_logits, k) -> (weights, experts)``.
+
+    ``router_logits`` is (..., E); weights and experts are (..., k): the k experts with the highest
+    softmax probability and their probabilities renormalised to sum to 1. The order of the k is free
+    as long as each weight stands beside its expert. The check also sends a gradient back through the
+    weights and compares what reaches the logits, so a routing step the router cannot learn from fails.
+    """
+    exercise = "top_k_routing"
+    if not callable(fn):
+        return CheckResult(exercise, ERROR, f"expected a function, got {describe_value(fn)}",
+                           "pass the function itself, without calling it: check_top_k_routing(top_k_routing)")
+    for seed, case in enumerate(_routing_cases()):
+        logits, k = case.args
+        try:
+            answer = fn(logits.clone(), k)
+        except NotImplementedError:
+            return CheckResult(exercise, NOT_DONE,
+                               "replace `raise NotImplementedError` with your code, then run this check again.")
+        except Exception as exc:
+            return CheckResult(exercise, ERROR, f"your function raised {type(exc).__name__}: {exc} "
+                                                f"(on {case.description})")
+        problem = _routing_problem(answer, case)
+        if problem is not None:
+            for mistake in _ROUTING_MISTAKES:
+                wrong = mistake.make(logits, k)
+                if _routing_problem(wrong, case) is not None and isinstance(answer, tuple) and len(answer) == 2 \
+                        and _same_routing(answer, wrong, logits.shape[-1]):
+                    return CheckResult(exercise, WRONG, f"{mistake.message} (on {case.description})", mistake.hint)
+            return CheckResult(exercise, WRONG, problem)
+        theirs = _routing_gradient(_routing_reference, logits, k, seed)
+        try:
+            mine = _routing_gradient(fn, logits, k, seed)
+        except Exception as exc:
+            return CheckResult(exercise, ERROR, f"backward through your weights raised {type(exc).__name__}: {exc}")
+        if mine is None:
+            return CheckResult(exercise, WRONG, "the values are right, but the gradient is cut: your weights do not "
+                               "depend on router_logits in autograd (.detach(), torch.no_grad() or a new tensor "
+                               "built from numbers), so the router could never learn", _CUT_HINT)
+        if not same_value(mine, theirs, rtol=1e-4, atol=1e-6):
+            if same_value(mine, _routing_gradient(_denominator_detached, logits, k, seed), rtol=1e-4, atol=1e-6):
+                return CheckResult(exercise, WRONG, "the values are right, but you detached the sum you divide by: "
+                                   "the gradient no longer sees that raising one weight lowers the others",
+                                   _CUT_HINT)
+            return CheckResult(exercise, WRONG, "the values are right, but the gradient that reaches router_logits "
+                               f"differs from the reference's (on {case.description})", _CUT_HINT)
+    return CheckResult(exercise, CORRECT, "the right experts with the right weights, in every case, and the "
+                                          "gradient reaches the router's logits as it should.")
+
+
+_CUT_HINT = "compute everything from router_logits with torch operations: softmax, topk, then divide by the sum"
+
+
+def _same_routing(a, b, n_experts) -> bool:
+    try:
+        return same_value(_as_dense(a[0].detach(), a[1].long(), n_experts), _as_dense(b[0].detach(), b[1], n_experts))
+    except Exception:
+        return False
