@@ -365,10 +365,13 @@ def plot_router_runs(runs: dict[str, RouterRun], window: int = 10):
         top.set(ylim=(0, 1.02), xlabel="training step", ylabel="share of the tokens", title=name)
         top.legend(fontsize=8, loc="upper left")
         table = run.kind_by_expert.float()
-        bottom.imshow((table / table.sum(dim=1, keepdim=True)).numpy(), cmap="Blues", vmin=0, vmax=1)
-        for (i, j), count in zip(torch.cartesian_prod(torch.arange(table.shape[0]), torch.arange(table.shape[1])).tolist(),
-                                 run.kind_by_expert.reshape(-1).tolist()):
-            bottom.text(j, i, str(count), ha="center", va="center", fontsize=8)
+        fractions = table / table.sum(dim=1, keepdim=True).clamp(min=1)  # (kinds, E), rows sum to 1
+        bottom.imshow(fractions.numpy(), cmap="Blues", vmin=0, vmax=1)
+        bottom.grid(False)
+        for i in range(table.shape[0]):
+            for j in range(table.shape[1]):
+                bottom.text(j, i, str(int(table[i, j])), ha="center", va="center", fontsize=8,
+                            color="white" if fractions[i, j] > 0.5 else "#222222")
         bottom.set(xticks=range(table.shape[1]), yticks=range(table.shape[0]), xlabel="expert (first choice)",
                    ylabel="kind of token", title="held-out tokens: kind -> expert")
     fig.tight_layout()

@@ -300,6 +300,21 @@ def _route_smallest(probs, k):
     return low / low.sum(dim=-1, keepdim=True), experts
 
 
+def _routing_without_gradient(logits, k):
+    with torch.no_grad():
+        return top_k_routing(logits, k)
+
+
+_CUT_HINT = "compute everything from router_logits with torch operations: softmax, topk, then divide by the sum"
+# Mistakes whose numbers are right: only the gradient sent back through the weights shows them.
+_GRADIENT_CUT = Mistake("the values are right, but the gradient is cut: your weights do not depend on router_logits "
+                        "in autograd (.detach(), torch.no_grad() or a new tensor built from numbers), so the router "
+                        "could never learn", _routing_without_gradient, _CUT_HINT)
+_DETACHED_SUM = Mistake("the values are right, but you detached the sum you divide by: the gradient no longer sees "
+                        "that raising one weight lowers the others", _denominator_detached, _CUT_HINT)
+_ROUTING_GRADIENT_MISTAKES = [_GRADIENT_CUT, _DETACHED_SUM]
+
+
 def _routing_cases() -> list[Case]:
     gen = torch.Generator().manual_seed(909)
     return [
@@ -388,21 +403,16 @@ def check_top_k_routing(fn) -> CheckResult:
         except Exception as exc:
             return CheckResult(exercise, ERROR, f"backward through your weights raised {type(exc).__name__}: {exc}")
         if mine is None:
-            return CheckResult(exercise, WRONG, "the values are right, but the gradient is cut: your weights do not "
-                               "depend on router_logits in autograd (.detach(), torch.no_grad() or a new tensor "
-                               "built from numbers), so the router could never learn", _CUT_HINT)
+            return CheckResult(exercise, WRONG, _GRADIENT_CUT.message, _GRADIENT_CUT.hint)
         if not same_value(mine, theirs, rtol=1e-4, atol=1e-6):
-            if same_value(mine, _routing_gradient(_denominator_detached, logits, k, seed), rtol=1e-4, atol=1e-6):
-                return CheckResult(exercise, WRONG, "the values are right, but you detached the sum you divide by: "
-                                   "the gradient no longer sees that raising one weight lowers the others",
-                                   _CUT_HINT)
+            if same_value(mine, _routing_gradient(_DETACHED_SUM.make, logits, k, seed), rtol=1e-4, atol=1e-6):
+                return CheckResult(exercise, WRONG, _DETACHED_SUM.message, _DETACHED_SUM.hint)
             return CheckResult(exercise, WRONG, "the values are right, but the gradient that reaches router_logits "
                                f"differs from the reference's (on {case.description})", _CUT_HINT)
     return CheckResult(exercise, CORRECT, "the right experts with the right weights, in every case, and the "
                                           "gradient reaches the router's logits as it should.")
 
 
-_CUT_HINT = "compute everything from router_logits with torch operations: softmax, topk, then divide by the sum"
 
 
 def _same_routing(a, b, n_experts) -> bool:
