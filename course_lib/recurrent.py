@@ -136,14 +136,15 @@ def plot_exact_match_by_length(results: dict[str, dict[int, float]], ax=None, ti
     if not results:
         raise ValueError("expected at least one model's results")
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 3.8))
+        _, ax = plt.subplots(figsize=(6.4, 4.4))
     for (name, by_length), marker in zip(results.items(), "osd^v"):
         ax.plot(list(by_length), [100 * v for v in by_length.values()], marker=marker, label=name)
     ax.set(xlabel="digits in the input", ylabel="reversed exactly (%)", ylim=(-3, 103))
     ax.set_xticks(sorted({L for by_length in results.values() for L in by_length}))
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9)  # below: the lines use the whole plot
     if title:
         ax.set_title(title)
+    ax.figure.tight_layout()
     return ax
 
 
