@@ -30,7 +30,9 @@ class GRUSeq2Seq(nn.Module):
 
     Args:
         src_vocab, tgt_vocab: vocabulary sizes. d_model: width of the embeddings and of the GRU states.
-        attention: False for the fixed-vector model, True for Bahdanau's additive attention.
+        attention: False for the fixed-vector model, True for Bahdanau's additive attention, whose score
+            ``v · tanh(W_q s + W_k h_j)`` has its three parts in ``score_query`` (W_q), ``score_key`` (W_k)
+            and ``score_out`` (v).
         pad_id: the padding id of the sources (right padding) and of the decoder input.
 
     Shapes: ``src`` (B, S) ids, ``tgt_in`` (B, T) ids; logits (B, T, tgt_vocab). After each ``decode``
@@ -48,9 +50,9 @@ class GRUSeq2Seq(nn.Module):
         self.tgt_embed = nn.Embedding(tgt_vocab, d_model)
         self.encoder = nn.GRU(d_model, d_model, batch_first=True)
         if self.attention:
-            self.w_q = nn.Linear(d_model, d_model, bias=False)  # projects the decoder state
-            self.w_k = nn.Linear(d_model, d_model, bias=False)  # projects each encoder state
-            self.v = nn.Linear(d_model, 1, bias=False)  # reads one score out of tanh(...)
+            self.score_query = nn.Linear(d_model, d_model, bias=False)  # projects the decoder state
+            self.score_key = nn.Linear(d_model, d_model, bias=False)  # projects each encoder state
+            self.score_out = nn.Linear(d_model, 1, bias=False)  # reads one score out of tanh(...)
             self.decoder_cell = nn.GRUCell(2 * d_model, d_model)  # input: [embedding, context]
             self.out = nn.Linear(2 * d_model, tgt_vocab)  # from [state, context]
         else:
@@ -88,10 +90,10 @@ class GRUSeq2Seq(nn.Module):
         if not self.attention:
             outputs, _ = self.decoder(embedded, state[None])  # (B, T, d_model)
             return self.out(outputs)
-        keys = self.w_k(states)  # (B, S, d_model): computed once, used at every step
+        keys = self.score_key(states)  # (B, S, d_model): computed once, used at every step
         logits, weights = [], []
         for t in range(tgt_in.shape[1]):
-            scores = self.v(torch.tanh(self.w_q(state)[:, None, :] + keys)).squeeze(-1)  # (B, S)
+            scores = self.score_out(torch.tanh(self.score_query(state)[:, None, :] + keys)).squeeze(-1)  # (B, S)
             alpha = torch.softmax(scores.masked_fill(~src_mask, float("-inf")), dim=-1)  # (B, S)
             context = (alpha[:, None, :] @ states).squeeze(1)  # (B, d_model)
             state = self.decoder_cell(torch.cat([embedded[:, t], context], dim=-1), state)  # (B, d_model)
@@ -125,8 +127,8 @@ def exact_match_by_length(model: nn.Module, lengths, n_per_length: int = 200, se
     lengths = [check_int(L, "each length", 1) for L in lengths]
     if not lengths:
         raise ValueError("lengths: expected at least one length")
-    return {L: evaluate_reversal(model, make_reversal_batch(n_per_length, L, L, torch.Generator().manual_seed(seed + L)))
-            ["exact_match"] for L in lengths}
+    batches = {L: make_reversal_batch(n_per_length, L, L, torch.Generator().manual_seed(seed + L)) for L in lengths}
+    return {L: evaluate_reversal(model, batch)["exact_match"] for L, batch in batches.items()}
 
 
 def plot_exact_match_by_length(results: dict[str, dict[int, float]], ax=None, title: str | None = None):
@@ -141,7 +143,7 @@ def plot_exact_match_by_length(results: dict[str, dict[int, float]], ax=None, ti
         ax.plot(list(by_length), [100 * v for v in by_length.values()], marker=marker, label=name)
     ax.set(xlabel="digits in the input", ylabel="reversed exactly (%)", ylim=(-3, 103))
     ax.set_xticks(sorted({L for by_length in results.values() for L in by_length}))
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9)  # below: the lines use the whole plot
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=9)  # below the plot: lines fill it
     if title:
         ax.set_title(title)
     ax.figure.tight_layout()

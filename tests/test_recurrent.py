@@ -64,7 +64,8 @@ def test_attention_scores_are_the_additive_score_of_notebook_02():
     states, mask = model.encode(src)
     model.decode(torch.tensor([[BOS_ID]]), states, mask)  # one step: the query is the encoder's summary
     query = GRUSeq2Seq.summary(states, mask)  # (1, d_model)
-    scores = additive_score(query, states[0], model.w_q.weight.T, model.w_k.weight.T, model.v.weight[0])
+    scores = additive_score(query, states[0], model.score_query.weight.T, model.score_key.weight.T,
+                            model.score_out.weight[0])
     assert torch.allclose(model.attention_weights[0, 0], torch.softmax(scores[0], dim=-1), atol=1e-6)
 
 
