@@ -150,39 +150,41 @@ def plot_exact_match_by_length(results: dict[str, dict[int, float]], ax=None, ti
     return ax
 
 
-def _best_time(fn, repeats: int) -> float:
-    fn()  # warm up: the first call allocates
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 @torch.no_grad()
-def time_forward_passes(lengths=(8, 32, 128, 512), d_model: int = 256, h: int = 4, repeats: int = 5,
+def time_forward_passes(lengths=(8, 32, 128, 512), d_model: int = 256, h: int = 4, repeats: int = 9,
                         seed: int = 0) -> dict[str, list[float]]:
     """Seconds for one forward pass over one sequence of T positions: a GRU layer against self-attention.
 
     The GRU (``nn.GRU``) must take T steps one after the other, each needing the state of the step
     before; self-attention (``MultiHeadAttention``) computes all T positions in a few large matrix
-    products. Each time is the best of ``repeats`` runs on an input (1, T, d_model), without gradients.
+    products. Both run on one CPU thread, on an input (1, T, d_model), without gradients. The two layers
+    take turns, ``repeats`` times each, and each time reported is the best of its runs, so that another
+    program busy on the same machine slows both alike and hardly changes the best.
 
     Returns:
         ``{"recurrent (GRU)": [...], "self-attention": [...]}``, one time per length, in seconds.
     """
+    from course_lib.blocks import _one_thread
     from course_lib.multihead import MultiHeadAttention
 
     lengths = [check_int(T, "each length", 1) for T in lengths]
     check_int(repeats, "repeats", 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        gru = nn.GRU(d_model, d_model, batch_first=True)
-        attention = MultiHeadAttention(d_model, h).eval()
+        layers = {"recurrent (GRU)": nn.GRU(d_model, d_model, batch_first=True),
+                  "self-attention": MultiHeadAttention(d_model, h).eval()}
         inputs = {T: torch.randn(1, T, d_model) for T in lengths}
-    return {"recurrent (GRU)": [_best_time(lambda: gru(inputs[T]), repeats) for T in lengths],
-            "self-attention": [_best_time(lambda: attention(inputs[T]), repeats) for T in lengths]}
+    best = {name: [float("inf")] * len(lengths) for name in layers}
+    with _one_thread():
+        for name, layer in layers.items():  # warm up: the first calls allocate
+            layer(inputs[lengths[0]])
+        for _ in range(repeats):
+            for i, T in enumerate(lengths):
+                for name, layer in layers.items():
+                    start = time.perf_counter()
+                    layer(inputs[T])
+                    best[name][i] = min(best[name][i], time.perf_counter() - start)
+    return best
 
 
 def influence_by_distance(kind: str, T: int = 64, d_model: int = 64, seed: int = 0) -> torch.Tensor:
