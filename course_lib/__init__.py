@@ -8,8 +8,8 @@ Start every notebook with::
     from course_lib import setup
     device = setup()
 """
-from course_lib.session import assert_claims, environment_report, pick_device, seed_everything, setup
+from course_lib.session import assert_claims, environment_report, one_thread, pick_device, seed_everything, setup
 
 __version__ = "0.1.0"
 
-__all__ = ["setup", "assert_claims", "pick_device", "seed_everything", "environment_report", "__version__"]
+__all__ = ["setup", "assert_claims", "one_thread", "pick_device", "seed_everything", "environment_report", "__version__"]

@@ -8,14 +8,13 @@ which trains more stably in deep stacks (Xiong et al., 2020).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 from course_lib.attention import check_module_input
 from course_lib.kv_cache import AttentionCache
 from course_lib.multihead import MultiHeadAttention
+from course_lib.session import one_thread
 from course_lib.shapes import check_int, check_shape
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -212,17 +211,6 @@ def gradient_norms_per_layer(layers, x: torch.Tensor, loss_fn) -> torch.Tensor:
     return torch.stack(norms).detach()
 
 
-@contextmanager
-def _one_thread():
-    """Run tiny models on one CPU thread (faster than several, and the same result on every machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def init_gradient_norms(depth: int, norm_first: bool, d_model: int = 64, h: int = 4, n_seeds: int = 4,
                         batch_size: int = 4, T: int = 16, n_classes: int = 10, seed: int = 0) -> torch.Tensor:
     """Per-layer gradient norms of a freshly initialised stack of EncoderBlocks, averaged over seeds.
@@ -240,7 +228,7 @@ def init_gradient_norms(depth: int, norm_first: bool, d_model: int = 64, h: int 
     if not isinstance(norm_first, bool):
         raise TypeError(f"norm_first must be True or False, got {norm_first!r}")
     squares = torch.zeros(depth)
-    with torch.random.fork_rng(devices=[]), _one_thread():
+    with torch.random.fork_rng(devices=[]), one_thread():
         for s in range(n_seeds):
             torch.manual_seed(seed * 1000 + s)
             layers = [EncoderBlock(d_model, h, 4 * d_model, dropout=0.0, norm_first=norm_first)

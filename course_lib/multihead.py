@@ -25,6 +25,7 @@ from torch import nn
 from course_lib.attention import attention_weights, check_module_input
 from course_lib.kv_cache import AttentionCache
 from course_lib.masking import causal_mask
+from course_lib.session import one_thread
 from course_lib.shapes import check_int, check_shape
 
 #: Names of the letters on the cards of the look-back task, and of tokens in the pictures.
@@ -419,19 +420,17 @@ def train_lookback(model: LookbackModel, steps: int = 200, batch_size: int = 128
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        for _ in range(steps):
-            batch = make_lookback_batch(batch_size, model.n_pairs, model.n_letters, model.n_digits, generator)
-            previous_logits, match_logits, _ = model.answer(batch)
-            loss = lookback_loss(previous_logits, match_logits, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+        with one_thread():
+            for _ in range(steps):
+                batch = make_lookback_batch(batch_size, model.n_pairs, model.n_letters, model.n_digits, generator)
+                previous_logits, match_logits, _ = model.answer(batch)
+                loss = lookback_loss(previous_logits, match_logits, batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
     finally:
-        torch.set_num_threads(threads)
         model.eval()
     return losses
 

@@ -21,6 +21,7 @@ import time
 import torch
 from torch import nn
 
+from course_lib.session import one_thread
 from course_lib.shapes import check_int, check_shape
 from course_lib.transformer import check_token_ids
 
@@ -164,7 +165,6 @@ def time_forward_passes(lengths=(8, 32, 128, 512), d_model: int = 256, h: int = 
     Returns:
         ``{"recurrent (GRU)": [...], "self-attention": [...]}``, one time per length, in seconds.
     """
-    from course_lib.blocks import _one_thread
     from course_lib.multihead import MultiHeadAttention
 
     lengths = [check_int(T, "each length", 1) for T in lengths]
@@ -175,7 +175,7 @@ def time_forward_passes(lengths=(8, 32, 128, 512), d_model: int = 256, h: int = 
                   "self-attention": MultiHeadAttention(d_model, h).eval()}
         inputs = {T: torch.randn(1, T, d_model) for T in lengths}
     best = {name: [float("inf")] * len(lengths) for name in layers}
-    with _one_thread():
+    with one_thread():
         for name, layer in layers.items():  # warm up: the first calls allocate
             layer(inputs[lengths[0]])
         for _ in range(repeats):

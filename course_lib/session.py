@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,22 @@ def assert_claims(claims: dict[str, object]) -> None:
         raise AssertionError("this claim does not hold here: " + "; ".join(failed))
     for claim in verdicts:
         print("✓", claim)
+
+
+@contextmanager
+def one_thread():
+    """Run the code inside on one CPU thread, and restore the thread count afterwards.
+
+    Models this small run faster on one thread than on several (handing tiny tensors between
+    threads costs more than it saves, most of all on a busy machine), and timings taken on one
+    thread are not disturbed by another program competing for the other cores.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mps_available() -> bool:

@@ -137,3 +137,16 @@ def test_cpu_model_reads_proc_cpuinfo_and_falls_back_to_the_platform(monkeypatch
     assert cpu_model() == "arm"
     monkeypatch.setattr(platform, "processor", lambda: "")
     assert cpu_model() == "unknown"
+
+
+def test_one_thread_sets_one_thread_and_restores_the_count_even_after_an_error():
+    from course_lib import one_thread
+
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with one_thread():
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

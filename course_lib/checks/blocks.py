@@ -254,13 +254,10 @@ def check_encoder_block(cls) -> CheckResult:
 
 # --- exercise 3: the top-k routing step of a mixture of experts (section 9) ----------------------------------
 
-def _route(probs, k):
-    top, experts = probs.topk(k, dim=-1)
+def _route(probs, k, largest=True):
+    """Pick k experts from scores ``probs`` (..., E) and divide the picked scores by their sum."""
+    top, experts = probs.topk(k, dim=-1, largest=largest)
     return top / top.sum(dim=-1, keepdim=True), experts
-
-
-def _routing_reference(logits, k):
-    return top_k_routing(logits, k)
 
 
 def _denominator_detached(logits, k):
@@ -283,21 +280,16 @@ _ROUTING_MISTAKES = [
             "divide the k probabilities by their sum: top / top.sum(dim=-1, keepdim=True)"),
     Mistake("you renormalised the raw logits instead of probabilities: take the softmax first (or a softmax over "
             "the k chosen logits, which gives the same weights)",
-            lambda logits, k: (lambda t: (t.values / t.values.sum(-1, keepdim=True), t.indices))(logits.topk(k, -1)),
+            _route,
             "probs = torch.softmax(router_logits, dim=-1), then the top k of probs"),
     Mistake("you gave each chosen expert the same weight 1/k: the router's probabilities must weight the experts, "
             "or the router gets no gradient from the task",
             lambda logits, k: (torch.full(logits.shape[:-1] + (k,), 1.0 / k), logits.topk(k, -1).indices),
             "weights = the chosen probabilities divided by their sum"),
     Mistake("you chose the k *lowest*-scoring experts: topk takes the largest by default (largest=True)",
-            lambda logits, k: _route_smallest(torch.softmax(logits, dim=-1), k),
+            lambda logits, k: _route(torch.softmax(logits, dim=-1), k, largest=False),
             "probs.topk(k, dim=-1) keeps the k largest"),
 ]
-
-
-def _route_smallest(probs, k):
-    low, experts = probs.topk(k, dim=-1, largest=False)
-    return low / low.sum(dim=-1, keepdim=True), experts
 
 
 def _routing_without_gradient(logits, k):
@@ -359,7 +351,7 @@ def _routing_problem(answer, case: Case) -> str | None:
     if experts.is_floating_point() or experts.dtype == torch.bool:
         return (f"experts must hold integer indices (torch.int64, as topk returns them), got {experts.dtype}"
                 f"{where}")
-    ref_weights, ref_experts = _routing_reference(logits, k)
+    ref_weights, ref_experts = top_k_routing(logits, k)
     if not torch.equal(experts.sort(-1).values, ref_experts.sort(-1).values):
         return f"you chose other experts than the k with the highest router probability{where}"
     mine = _as_dense(weights.detach(), experts, logits.shape[-1])
@@ -397,7 +389,7 @@ def check_top_k_routing(fn) -> CheckResult:
                         and _same_routing(answer, wrong, logits.shape[-1]):
                     return CheckResult(exercise, WRONG, f"{mistake.message} (on {case.description})", mistake.hint)
             return CheckResult(exercise, WRONG, problem)
-        theirs = _routing_gradient(_routing_reference, logits, k, seed)
+        theirs = _routing_gradient(top_k_routing, logits, k, seed)
         try:
             mine = _routing_gradient(fn, logits, k, seed)
         except Exception as exc:
